@@ -1,0 +1,297 @@
+"""Speed and memory measurements behind ``tools/benchmark.py`` (DESIGN §8).
+
+Every measurement runs in a fresh process (``spawn``), so that its peak memory is its own: process
+RSS high-water mark on CPU (``VmHWM``), ``torch.cuda.max_memory_allocated`` on GPU. Inside it,
+the model is built with a fixed seed (random weights unless ``MODEL.WEIGHTS`` is set), the
+synthetic volume is a CT phantom of the requested size, warm-up runs are discarded and the median
+of the timed repeats is reported.
+
+Random weights rarely predict any class with the confidence the hand-over needs, which would make
+propagation look free. Unless trained weights are given, the S2VNet measurements therefore lower
+the hand-over threshold to 0: every foreground class a query predicts is tracked from slice to
+slice, an upper bound on the cost of propagation. The number of live tracks is reported.
+"""
+import contextlib
+import logging
+import os
+import resource
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ memory
+def _vm_hwm_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def _vm_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux >= 4.0: writing 5 resets the RSS high-water mark to the current RSS
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        logger.warning("cannot reset the RSS high-water mark; peak memory includes set-up")
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _vm_hwm_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_runs(function: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Dict[str, object]:
+    """Median seconds over ``repeats`` runs after ``warmup``; peak memory over the timed runs."""
+    for _ in range(warmup):
+        function()
+    _sync(device)
+    before = _vm_rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
+    _reset_peak(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return {"seconds": seconds, "median_s": statistics.median(seconds), "peak_mb": _peak_mb(device), "memory_before_mb": before}
+
+
+# ------------------------------------------------------------------ set-up inside a measurement process
+def _setup(options: Dict) -> Dict:
+    import s2vnet  # noqa: F401
+    from s2vnet.config import load_config
+    from s2vnet.data.intensity import normalize_intensity
+    from s2vnet.data.phantom import generate_phantom
+
+    torch.set_num_threads(options["threads"])
+    overrides = list(options["opts"]) + ["MODEL.DEVICE", options["device"], "MODEL.S2VNET.TEST.SLICE_BATCH_SIZE", str(options["slice_batch"])]
+    cfg = load_config(options["config_file"], overrides)
+    phantom = generate_phantom(0, (options["slices"], options["height"], options["width"]))
+    volume = normalize_intensity(phantom.image.astype(np.float32), "CT")
+    return {"cfg": cfg, "volume": volume, "labels": phantom.labels, "device": torch.device(options["device"])}
+
+
+def _predictor(cfg, worst_case_tracks: bool):
+    from s2vnet.inference import load_predictor
+
+    torch.manual_seed(0)
+    predictor = load_predictor(cfg, require_weights=False)
+    if worst_case_tracks and not cfg.MODEL.WEIGHTS:
+        predictor.model.handover_threshold = 0.0
+    return predictor
+
+
+class _TrackCounter:
+    """Counts live identity tracks per decoded slice (wraps the predictor's hand-over)."""
+
+    def __init__(self, predictor):
+        self.counts: List[int] = []
+        original = predictor.continue_tracks
+
+        def counting(outputs, tracks, spawn_new):
+            result = original(outputs, tracks, spawn_new)
+            self.counts.append(len(result))
+            return result
+
+        predictor.continue_tracks = counting
+
+
+def measure(kind: str, options: Dict) -> Dict:
+    """Run one measurement (in the current process) and return its record."""
+    setup = _setup(options)
+    cfg, volume, device = setup["cfg"], setup["volume"], setup["device"]
+    warmup, repeats = options["warmup"], options["repeats"]
+    record: Dict[str, object] = {"kind": kind, "slices": int(volume.shape[0]), "height": int(volume.shape[1]), "width": int(volume.shape[2])}
+
+    if kind in ("s2vnet", "baseline"):
+        predictor = _predictor(cfg, worst_case_tracks=True)
+        if kind == "baseline":  # the paper's "Baseline": the same weights, no association between slices
+            predictor.model.propagation = False
+        counter = _TrackCounter(predictor)
+        with torch.inference_mode():
+            record.update(timed_runs(lambda: predictor.predict_automatic(volume), device, warmup, repeats))
+        record["mean_live_tracks"] = float(np.mean(counter.counts)) if counter.counts else 0.0
+    elif kind == "click_round":
+        from s2vnet.data.clicks import initial_clicks
+        from s2vnet.inference.session import InteractiveSession
+
+        predictor = _predictor(cfg, worst_case_tracks=True)
+        session = InteractiveSession(predictor, volume)  # encodes once; not timed
+        clicks = initial_clicks(setup["labels"], list(range(1, predictor.model.num_classes)))
+        encoder_calls = predictor.encoder_calls
+
+        def one_round():
+            for click in clicks:
+                session.click(click.z, click.y, click.x, click.label)
+            session.run()
+            session.undo()
+
+        record.update(timed_runs(one_round, device, warmup, repeats))
+        record["clicks_per_round"] = len(clicks)
+        record["encoder_calls_during_rounds"] = predictor.encoder_calls - encoder_calls
+    elif kind in ("encoder_batched", "encoder_single"):
+        predictor = _predictor(cfg, worst_case_tracks=False)
+        batch = predictor.slice_batch_size if kind == "encoder_batched" else 1
+        order = list(range(volume.shape[0]))
+
+        def encode_all():
+            for start in range(0, len(order), batch):
+                predictor.encode_slices(volume, order[start : start + batch])
+
+        with torch.inference_mode():
+            record.update(timed_runs(encode_all, device, warmup, repeats))
+        record["slice_batch_size"] = batch
+    elif kind == "swin_unetr":
+        record.update(_measure_swin_unetr(cfg, volume, device, options))
+    elif kind == "train_step":
+        record.update(_measure_train_step(cfg, setup, options))
+    elif kind == "profile":
+        record.update(_profile_modules(cfg, volume, device))
+    else:
+        raise ValueError(f"unknown measurement {kind!r}")
+    record["seconds_per_slice"] = record["median_s"] / record["slices"] if "median_s" in record else None
+    record["volumes_per_minute"] = 60.0 / record["median_s"] if record.get("median_s") else None
+    return record
+
+
+def _measure_swin_unetr(cfg, volume: np.ndarray, device: torch.device, options: Dict) -> Dict:
+    """The paper's 3D counterpart: MONAI's SwinUNETR (feature size 48) with MONAI's sliding-window
+    inference (96^3 windows, overlap 0.5), on the same volume."""
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import SwinUNETR
+
+    torch.manual_seed(0)
+    network = SwinUNETR(in_channels=1, out_channels=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, feature_size=48, spatial_dims=3).to(device).eval()
+    # MONAI's axis order is (D, H, W) = our (z, y, x); intensities scaled to [0, 1] as MONAI's CT recipes do.
+    tensor = torch.from_numpy(volume).float().div(255.0)[None, None].to(device)
+    batch = 4 if device.type == "cuda" else 1
+
+    def run():
+        with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()):
+            return sliding_window_inference(tensor, (96, 96, 96), batch, network, overlap=0.5).argmax(1)
+
+    result = timed_runs(run, device, options["warmup"], options["repeats"])
+    result["parameters_m"] = sum(p.numel() for p in network.parameters()) / 1e6
+    return result
+
+
+def _measure_train_step(cfg, setup: Dict, options: Dict) -> Dict:
+    """Clips per second of full training steps (forward, backward, optimizer) at a given crop size."""
+    from detectron2.modeling import build_model
+
+    import s2vnet.modeling  # noqa: F401
+    from s2vnet.data.clip_mapper import instances_from_sem_seg
+    from s2vnet.engine.trainer import build_optimizer
+
+    size, batch = options["train_size"], options["train_batch"]
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = build_optimizer(cfg, model)
+    volume, labels = setup["volume"], setup["labels"]
+    foreground = np.flatnonzero(labels.reshape(labels.shape[0], -1).max(1) > 0)
+    start = int(foreground[len(foreground) // 2]) if len(foreground) else 0
+    start = min(start, volume.shape[0] - 3)
+    clips = []
+    for _ in range(batch):
+        image = torch.nn.functional.interpolate(torch.from_numpy(volume[start : start + 3]).float()[None], size=(size, size), mode="bilinear")[0]
+        label = torch.nn.functional.interpolate(torch.from_numpy(labels[start : start + 3]).float()[None], size=(size, size), mode="nearest")[0].long()
+        clips.append({"image": image.round().to(torch.uint8), "sem_seg": label, "instances": [instances_from_sem_seg(s, 255) for s in label]})
+
+    def step():
+        losses = model(clips)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    result = timed_runs(step, setup["device"], options["warmup"], options["repeats"])
+    result["clips_per_second"] = batch / result["median_s"]
+    result["train_size"], result["train_batch"] = size, batch
+    result["parameters_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    return result
+
+
+def _profile_modules(cfg, volume: np.ndarray, device: torch.device) -> Dict:
+    """Where the time of one automatic pass goes: seconds in each top-level module."""
+    predictor = _predictor(cfg, worst_case_tracks=True)
+    model = predictor.model
+    totals: Dict[str, float] = {}
+    starts: Dict[str, float] = {}
+
+    def hooks(name):
+        def pre(*_):
+            _sync(device)
+            starts[name] = time.perf_counter()
+
+        def post(*_):
+            _sync(device)
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - starts[name]
+
+        return pre, post
+
+    modules = {"backbone": model.backbone, "pixel_decoder": model.pixel_decoder, "transformer_decoder": model.decoder}
+    if model.aggregator is not None:
+        modules["aggregator"] = model.aggregator
+    handles = []
+    for name, module in modules.items():
+        pre, post = hooks(name)
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    # The pixel decoder is called through forward_features, not forward: time it explicitly.
+    original = model.pixel_decoder.forward_features
+
+    def timed_forward_features(features):
+        _sync(device)
+        start = time.perf_counter()
+        result = original(features)
+        _sync(device)
+        totals["pixel_decoder"] = totals.get("pixel_decoder", 0.0) + time.perf_counter() - start
+        return result
+
+    model.pixel_decoder.forward_features = timed_forward_features
+    with torch.inference_mode():
+        predictor.predict_automatic(volume)  # warm-up
+        totals.clear()
+        start = time.perf_counter()
+        predictor.predict_automatic(volume)
+        _sync(device)
+        total = time.perf_counter() - start
+    for handle in handles:
+        handle.remove()
+    totals["other (hand-over, score maps, resizing, Python)"] = total - sum(totals.values())
+    return {"median_s": total, "modules_s": totals}
+
+
+def run_in_subprocess(kind: str, options: Dict) -> Dict:
+    """Run :func:`measure` in a fresh ``spawn`` process and return its record."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(measure, (kind, options))

@@ -1,0 +1,280 @@
+"""Interactive segmentation sessions (§3.2 "Interaction-Aware Cluster Center Initialization",
+"Adaptive Pixel Feature Sampling"; §4.1 "Testing: Interactive").
+
+::
+
+    session = InteractiveSession(model, volume)         # encodes the volume once, runs the automatic pass
+    session.click(slice=40, y=120, x=88, label=6)      # a positive click for class 6
+    session.click(40, 30, 30, 0)                       # label 0 = background = a negative click
+    result = session.run()                             # one refinement round with all pending clicks
+    result.labels                                      # (Z, Y, X) uint8
+    session.undo(); session.reset(6)
+
+Design:
+
+* The backbone and pixel-decoder features of every slice are computed once, when the session
+  opens, and reused by every round; a round only re-runs the transformer decoder (the paper's
+  point that refinement needs no new network pass).
+* Each round adds one cluster centre per class clicked in it (eq. 7): the mean feature sampled at
+  the class's clicks of the round, accumulated over its earlier rounds (eq. 8, ``BETA``), so that
+  ``MAX_CLICKS_PER_CLASS`` (the paper's 20 centres per class) bounds the rounds per class. From
+  every slice the class was clicked on, the centre is propagated both ways through the volume
+  (with aggregation, eqs. 10-11) until its class is no longer predicted; all clicks of a round, of
+  any classes and on any slices, go through in one sweep.
+* Class scores are fused over rounds by the maximum of mask score x class score (eq. 9), with the
+  automatic prediction as round 0. A click of class c therefore only raises class c's scores: the
+  other classes lose at most the voxels class c takes.
+
+Coordinates are indices into the session's (Z, Y, X) volume: the canonical array of a
+:class:`~s2vnet.data.volume_io.Volume` (see :meth:`InteractiveSession.click_voxel` for
+coordinates in the original file's voxel grid).
+"""
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from s2vnet.data.clicks import Click
+from s2vnet.data.intensity import normalize_intensity
+from s2vnet.data.volume_io import Volume, VolumeGeometry, original_to_canonical_index
+from s2vnet.inference.volume_predictor import VolumePredictor, _check_volume
+from s2vnet.modeling.interaction import accumulate_round, identity_score
+from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels
+from s2vnet.modeling.propagation import Tracks
+from s2vnet.utils.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Round:
+    """One refinement round: its clicks, the per-class scores its centroids produced (eq. 9's
+    M^r x c^r, maximum over the round's centroids of a class), and eq. 8's state before it."""
+
+    clicks: List[Click]
+    scores: Dict[int, torch.Tensor]  # class -> (Z, h, w) float16 on the mask grid
+    previous_features: Dict[int, Optional[torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class SessionResult:
+    labels: np.ndarray  # (Z, Y, X) uint8
+    masks: Dict[int, np.ndarray]  # class id -> (Z, Y, X) bool, for every foreground class
+
+
+class InteractiveSession:
+    def __init__(
+        self,
+        model_or_predictor,
+        volume: Union[Volume, np.ndarray],
+        modality: str = "CT",
+        class_names: Optional[Sequence[str]] = None,
+    ):
+        """Open a session on ``volume``: a :class:`Volume` (raw intensities, normalised here with
+        ``modality``) or a uint8 (Z, Y, X) array already normalised."""
+        self.predictor = model_or_predictor if isinstance(model_or_predictor, VolumePredictor) else VolumePredictor(model_or_predictor)
+        self.model = self.predictor.model
+        self.geometry: Optional[VolumeGeometry] = None
+        if isinstance(volume, Volume):
+            self.geometry = volume.geometry
+            volume = normalize_intensity(volume.array, modality, name=volume.path)
+        self.volume = _check_volume(volume)
+        self.num_classes = self.model.num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise InputError(f"{len(self.class_names)} class names given for a model with {self.num_classes} classes")
+        depth, height, width = self.volume.shape
+        self.native_size = (height, width)
+        self.model_size = self.predictor.model_slice_size(self.native_size)
+        self.padded_size = tuple(s + (-s) % self.model.size_divisibility for s in self.model_size)
+        self.features = self._encode_all()
+        self.auto_scores = self._automatic_scores()  # (K, Z, h, w) float16: round 0
+        self.rounds: List[Round] = []
+        self.pending: List[Click] = []
+        self.sampled: Dict[int, torch.Tensor] = {}  # eq. 8's O_hat per class, after the last round
+
+    # ------------------------------------------------------------------ set-up (once per volume)
+    def _encode_all(self) -> Dict[str, object]:
+        """Encode every slice once (batched) and keep the features for all later rounds."""
+        chunks = [
+            self.predictor.encode_slices(self.volume, range(start, min(start + self.predictor.slice_batch_size, self.volume.shape[0])))
+            for start in range(0, self.volume.shape[0], self.predictor.slice_batch_size)
+        ]
+        return {
+            "mask_features": torch.cat([c["mask_features"] for c in chunks]),
+            "multi_scale_features": [torch.cat([c["multi_scale_features"][i] for c in chunks]) for i in range(len(chunks[0]["multi_scale_features"]))],
+            "click_features": {k: torch.cat([c["click_features"][k] for c in chunks]) for k in chunks[0]["click_features"]},
+            "input_size": chunks[0]["input_size"],
+        }
+
+    def features_of(self, z: int) -> Dict[str, object]:
+        return self.model.select_features(self.features, slice(z, z + 1))
+
+    def _automatic_scores(self) -> torch.Tensor:
+        depth = self.volume.shape[0]
+        scores = None
+
+        def store(z, slice_scores):
+            nonlocal scores
+            if scores is None:
+                scores = torch.zeros((self.num_classes, depth) + tuple(slice_scores.shape[-2:]), dtype=torch.float16, device=slice_scores.device)
+            scores[:, z] = slice_scores.to(torch.float16)
+
+        self.predictor.automatic_scores(self.volume, features_of=self.features_of, on_slice=store)
+        return scores
+
+    # ------------------------------------------------------------------ user actions
+    def click(self, slice: int, y: int, x: int, label: int) -> None:
+        """Queue a click at voxel (slice, y, x) of the session volume; label 0 is a negative click."""
+        depth, height, width = self.volume.shape
+        for name, value, size in (("slice", slice, depth), ("y", y, height), ("x", x, width)):
+            if not isinstance(value, (int, np.integer)) or not 0 <= int(value) < size:
+                raise InputError(f"click {name} = {value!r} is outside the volume (valid: 0..{size - 1}; volume shape {self.volume.shape})")
+        if not isinstance(label, (int, np.integer)) or not 0 <= int(label) < self.num_classes:
+            raise InputError(f"click label {label!r} is not a class of this model (valid: 0..{self.num_classes - 1}: {self.class_names})")
+        # Every round in which a class is clicked adds one cluster centre of that class (eq. 8).
+        centres = sum(1 for r in self.rounds if any(c.label == label for c in r.clicks))
+        if centres >= self.model.max_clicks_per_class and not any(c.label == label for c in self.pending):
+            raise InputError(
+                f"class {label} ({self.class_names[int(label)]}) already has {centres} click-initialised cluster centres, "
+                f"the maximum (MODEL.S2VNET.INTERACTION.MAX_CLICKS_PER_CLASS); reset({label}) to start it over"
+            )
+        self.pending.append(Click(int(slice), int(y), int(x), int(label)))
+
+    def click_voxel(self, i: int, j: int, k: int, label: int) -> None:
+        """Queue a click given in the ORIGINAL file's voxel grid (i, j, k) (needs a Volume input)."""
+        if self.geometry is None:
+            raise InputError("click_voxel needs a session opened on a Volume (with its file geometry)")
+        self.click(*original_to_canonical_index(self.geometry, (i, j, k)), label)
+
+    def run(self) -> SessionResult:
+        """Run one refinement round with the pending clicks (if any) and return the fused result."""
+        if self.pending:
+            self.rounds.append(self._run_round(self.pending))
+            self.pending = []
+        return self.result()
+
+    def undo(self) -> None:
+        """Drop pending clicks if there are any, else the last round (restoring eq. 8's state)."""
+        if self.pending:
+            self.pending = []
+            return
+        if not self.rounds:
+            return
+        last = self.rounds.pop()
+        for label, previous in last.previous_features.items():
+            if previous is None:
+                self.sampled.pop(label, None)
+            else:
+                self.sampled[label] = previous
+
+    def reset(self, label: int) -> None:
+        """Forget every click of class ``label``: its scores return to the automatic prediction."""
+        if not 0 <= int(label) < self.num_classes:
+            raise InputError(f"reset label {label!r} is not a class of this model (valid: 0..{self.num_classes - 1})")
+        for round_ in self.rounds:
+            round_.scores.pop(int(label), None)
+            round_.clicks = [c for c in round_.clicks if c.label != label]
+            round_.previous_features.pop(int(label), None)
+        self.rounds = [r for r in self.rounds if r.clicks]
+        self.pending = [c for c in self.pending if c.label != label]
+        self.sampled.pop(int(label), None)
+
+    # ------------------------------------------------------------------ rounds
+    @torch.inference_mode()
+    def _run_round(self, clicks: List[Click]) -> Round:
+        model = self.model
+        previous = {c.label: self.sampled.get(c.label) for c in clicks}
+        # Eq. 7 + eq. 8: one new centroid per class clicked in this round, from the mean feature at
+        # its clicks accumulated over its earlier rounds; it starts from every slice it was clicked on.
+        points = torch.tensor([list(self._model_pixel(c.y, c.x)) for c in clicks], device=model.device)
+        slices = torch.tensor([c.z for c in clicks], device=model.device)
+        features = model.click_encoder.sample(self.features["click_features"], slices, points, self.features["input_size"])
+        updated = accumulate_round(self.sampled, [c.label for c in clicks], features, model.beta, model.adaptive_sampling)
+        self.sampled.update(updated)
+        labels = sorted(updated)
+        with self.predictor.autocast():
+            centroids = dict(zip(labels, model.click_encoder(torch.stack([updated[label] for label in labels]))))
+        starts: Dict[int, List[Tuple[torch.Tensor, int, int]]] = {}
+        for index, click in enumerate(clicks):
+            starts.setdefault(click.z, []).append((centroids[click.label], click.label, index))
+
+        scores: Dict[int, torch.Tensor] = {}
+        for direction in (1, -1):
+            self._sweep(starts, direction, scores)
+        return Round(list(clicks), scores, previous)
+
+    def _sweep(self, starts: Dict[int, List[Tuple[torch.Tensor, int, int]]], direction: int, scores: Dict[int, torch.Tensor]) -> None:
+        """Propagate the round's centroids from their slices in one direction, decoding each slice
+        once for all live centroids; stop when none is alive and none starts further on."""
+        depth = self.volume.shape[0]
+        ordered_starts = sorted(starts, reverse=direction < 0)
+        z = ordered_starts[0]
+        last_start = ordered_starts[-1]
+        tracks = self.predictor.empty_tracks()
+        model = self.model
+        while 0 <= z < depth:
+            if z in starts:
+                tracks = Tracks.cat([tracks, self._new_tracks(starts[z])])
+            if not len(tracks):
+                if (z - last_start) * direction >= 0:
+                    break
+                z += direction
+                continue
+            outputs = self.predictor.decode_slice(self.features_of(z), tracks)
+            slot = outputs["track_slot"]
+            rows = model.decoder.num_queries + slot
+            track_scores = identity_score(outputs["pred_logits"][0, rows], outputs["pred_masks"][0, rows], tracks.labels)
+            for e, label in enumerate(tracks.labels.tolist()):
+                if label not in scores:
+                    scores[label] = torch.zeros((depth,) + tuple(track_scores.shape[-2:]), dtype=torch.float16, device=track_scores.device)
+                scores[label][z] = torch.maximum(scores[label][z], track_scores[e].to(torch.float16))
+            tracks = self.predictor.continue_tracks(outputs, tracks, spawn_new=False) if model.propagation else self.predictor.empty_tracks()
+            z += direction
+
+    def _new_tracks(self, entries: List[Tuple[torch.Tensor, int, int]]) -> Tracks:
+        device = self.model.device
+        queries = torch.stack([c for c, _, _ in entries])
+        memory = None if self.model.aggregator is None else self.model.aggregator.initial(len(entries)).to(queries.dtype)
+        return Tracks(
+            queries=queries,
+            labels=torch.tensor([label for _, label, _ in entries], dtype=torch.int64, device=device),
+            batch_index=torch.zeros(len(entries), dtype=torch.int64, device=device),
+            memory=memory,
+            keys=[index for _, _, index in entries],
+        )
+
+    def _model_pixel(self, y: int, x: int) -> Tuple[int, int]:
+        """A native-grid pixel on the (possibly resized) model input grid."""
+        if self.model_size == self.native_size:
+            return y, x
+        scale_y = self.model_size[0] / self.native_size[0]
+        scale_x = self.model_size[1] / self.native_size[1]
+        return min(int((y + 0.5) * scale_y), self.model_size[0] - 1), min(int((x + 0.5) * scale_x), self.model_size[1] - 1)
+
+    # ------------------------------------------------------------------ fusion (eq. 9)
+    def fused_scores(self, z: int) -> torch.Tensor:
+        """(K, h, w) scores of slice z: per class, the max over round 0 (automatic) and every round."""
+        fused = self.auto_scores[:, z].float()
+        for round_ in self.rounds:
+            for label, class_scores in round_.scores.items():
+                fused[label] = torch.maximum(fused[label], class_scores[z].float())
+        return fused
+
+    def native_fused_scores(self, z: int) -> torch.Tensor:
+        """(K, Y, X) fused class scores of slice z on the native slice grid."""
+        return self.predictor.native_scores(self.fused_scores(z), self.model_size, self.native_size, self.padded_size)
+
+    def fused_probabilities(self) -> np.ndarray:
+        """(K, Z, Y, X) float16 fused class scores of the whole volume (for saving)."""
+        return np.stack([self.native_fused_scores(z).cpu().numpy().astype(np.float16) for z in range(self.volume.shape[0])], axis=1)
+
+    def result(self) -> SessionResult:
+        depth, height, width = self.volume.shape
+        labels = np.zeros((depth, height, width), dtype=np.uint8)
+        for z in range(depth):
+            labels[z] = scores_to_labels(self.native_fused_scores(z)).cpu().numpy()
+        masks = {c: labels == c for c in range(1, self.num_classes)}
+        return SessionResult(labels, masks)

@@ -1,0 +1,233 @@
+"""Automatic volume inference (§4.1 "Testing: Automatic") and the sweep machinery it shares with
+interactive sessions.
+
+The backbone and pixel decoder do not depend on propagation, so they run batched over
+``SLICE_BATCH_SIZE`` slices at a time; only the transformer decoder runs slice by slice, carrying
+the identity tracks (handed-over centroids and their aggregation memories) from one slice to the
+next. An automatic pass streams: each chunk of encoded slices is decoded and dropped before the
+next is encoded, so peak memory does not grow with the number of slices (only the uint8 output
+does).
+
+Slices are fed at their native size (padded to a multiple of 32), or resized so that the longer
+side is ``INPUT.TEST_SIZE``; predictions are returned on the native slice grid of the canonical
+(z, y, x) volume. Writing them back onto the file's own grid is :func:`write_label_volume`'s job.
+"""
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels, upsample_scores
+from s2vnet.modeling.propagation import Tracks, hand_over
+from s2vnet.utils.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class VolumePrediction:
+    labels: np.ndarray  # (Z, Y, X) uint8, canonical orientation, native slice size
+    scores: Optional[np.ndarray] = None  # (K, Z, Y, X) float16 class scores in [0, 1], if requested
+
+
+class VolumePredictor:
+    """Runs an :class:`~s2vnet.modeling.meta_arch.S2VNet` over whole volumes.
+
+    Args:
+        model: the network (put in eval mode here).
+        slice_batch_size: slices per backbone + pixel-decoder batch.
+        amp_dtype: autocast dtype on GPU ("bfloat16", "float16" or "float32" = off). CPU runs in fp32.
+        test_size: resize slices so that the longer side is this (0 = native size).
+        compile_encoder: ``torch.compile`` the backbone + pixel decoder.
+    """
+
+    def __init__(
+        self,
+        model,
+        slice_batch_size: int = 16,
+        amp_dtype: str = "bfloat16",
+        test_size: int = 0,
+        compile_encoder: bool = False,
+    ):
+        if slice_batch_size < 1:
+            raise InputError(f"slice batch size must be >= 1, got {slice_batch_size}")
+        self.model = model.eval()
+        self.slice_batch_size = slice_batch_size
+        self.test_size = test_size
+        device_type = model.device.type
+        self.autocast_dtype = _DTYPES[amp_dtype] if device_type == "cuda" else torch.float32
+        if self.autocast_dtype == torch.bfloat16 and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+            self.autocast_dtype = torch.float16
+        self._encode = torch.compile(model.encode) if compile_encoder else model.encode
+        self.encoder_calls = 0  # number of encoder batches run (tests check that clicks reuse features)
+
+    @classmethod
+    def from_config(cls, cfg, model) -> "VolumePredictor":
+        test = cfg.MODEL.S2VNET.TEST
+        return cls(model, test.SLICE_BATCH_SIZE, test.AMP_DTYPE, cfg.INPUT.TEST_SIZE, test.COMPILE)
+
+    # ------------------------------------------------------------------ helpers
+    def autocast(self):
+        enabled = self.autocast_dtype != torch.float32
+        return torch.autocast(device_type=self.model.device.type, dtype=self.autocast_dtype if enabled else torch.bfloat16, enabled=enabled)
+
+    def model_slice_size(self, native_size: Tuple[int, int]) -> Tuple[int, int]:
+        """Slice size fed to the network (before padding to a multiple of 32)."""
+        if not self.test_size:
+            return native_size
+        scale = self.test_size / max(native_size)
+        return (max(1, round(native_size[0] * scale)), max(1, round(native_size[1] * scale)))
+
+    def prepare_slices(self, volume: np.ndarray, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 slices (N, h, w) as the network takes them (resized if TEST_SIZE is set)."""
+        slices = torch.from_numpy(np.ascontiguousarray(volume[list(indices)]))
+        size = self.model_slice_size(tuple(volume.shape[1:]))
+        if size != tuple(volume.shape[1:]):
+            resized = F.interpolate(slices[:, None].float(), size=size, mode="bilinear", align_corners=False)
+            slices = resized[:, 0].round().clamp(0, 255).to(torch.uint8)
+        return slices
+
+    @torch.inference_mode()
+    def encode_slices(self, volume: np.ndarray, indices: Sequence[int]) -> Dict[str, object]:
+        with self.autocast():
+            features = self._encode(self.prepare_slices(volume, indices).to(self.model.device))
+        self.encoder_calls += 1
+        return features
+
+    def stream_features(self, volume: np.ndarray, order: Sequence[int]) -> Iterator[Tuple[int, Dict[str, object]]]:
+        """(slice index, its features) in ``order``, encoding ``slice_batch_size`` slices at a time."""
+        for start in range(0, len(order), self.slice_batch_size):
+            chunk = list(order[start : start + self.slice_batch_size])
+            features = self.encode_slices(volume, chunk)
+            for offset, z in enumerate(chunk):
+                yield z, self.model.select_features(features, slice(offset, offset + 1))
+            del features
+
+    def native_scores(self, scores: torch.Tensor, model_size: Tuple[int, int], native_size: Tuple[int, int], padded_size) -> torch.Tensor:
+        """(K, h/4, w/4) scores on the padded model input -> (K, Y, X) on the native slice grid."""
+        full = upsample_scores(scores, padded_size)[:, : model_size[0], : model_size[1]]
+        if tuple(model_size) != tuple(native_size):
+            full = upsample_scores(full, native_size)
+        return full
+
+    # ------------------------------------------------------------------ the per-slice step
+    @torch.inference_mode()
+    def decode_slice(self, features: Dict[str, object], tracks: Tracks):
+        with self.autocast():
+            return self.model.decode(features, tracks, all_layer_masks=False)
+
+    def continue_tracks(self, outputs, tracks: Tracks, spawn_new: bool) -> Tracks:
+        """Eq. 6 at inference: identities whose class is still predicted with probability >=
+        PROPAGATION.SCORE_THRESHOLD continue; with ``spawn_new``, learnable queries confidently
+        predicting a foreground class nobody tracks yet start new identities (one per class, the
+        most confident). Background and "no object" are never handed over by learnable queries."""
+        model = self.model
+        threshold = model.handover_threshold
+        num_learnable = model.decoder.num_queries
+        probs = outputs["pred_logits"][0].float().softmax(-1)  # (Q, K+1)
+        embeddings = outputs["query_embeddings"][0]
+        slot = outputs["track_slot"]
+        keep = []
+        if len(tracks):
+            track_probs = probs[num_learnable + slot, tracks.labels]
+            keep = (track_probs >= threshold).nonzero().flatten().tolist()
+        rows = [num_learnable + int(slot[e]) for e in keep]
+        labels = [int(tracks.labels[e]) for e in keep]
+        keys = [tracks.keys[e] for e in keep] if tracks.keys else [None] * len(keep)
+        num_new = 0
+        if spawn_new:
+            background, no_object = 0, probs.shape[1] - 1
+            best, classes = probs[:num_learnable].max(-1)
+            tracked = set(labels)
+            for q in torch.argsort(best, descending=True).tolist():
+                c = int(classes[q])
+                if best[q] < threshold:
+                    break
+                if c in (background, no_object) or c in tracked:
+                    continue
+                tracked.add(c)
+                rows.append(q)
+                labels.append(c)
+                keys.append(None)
+                num_new += 1
+        device = embeddings.device
+        if not rows:
+            return Tracks.empty(embeddings.shape[-1], device, None if model.aggregator is None else model.aggregator.memory_slots, embeddings.dtype)
+        memory = None
+        if model.aggregator is not None:
+            carried = tracks.memory[torch.tensor(keep, dtype=torch.long, device=device)] if keep else tracks.memory[:0]
+            memory = torch.cat([carried.to(embeddings.dtype), model.aggregator.initial(num_new).to(embeddings.dtype)])
+        with torch.inference_mode(), self.autocast():
+            return hand_over(
+                embeddings[torch.tensor(rows, dtype=torch.long, device=device)],
+                torch.tensor(labels, dtype=torch.int64, device=device),
+                torch.zeros(len(rows), dtype=torch.int64, device=device),
+                memory,
+                model.aggregator,
+                keys=keys,
+            )
+
+    def empty_tracks(self) -> Tracks:
+        dim = self.model.decoder.query_feat.weight.shape[1]
+        slots = None if self.model.aggregator is None else self.model.aggregator.memory_slots
+        return Tracks.empty(dim, self.model.device, slots)
+
+    # ------------------------------------------------------------------ automatic mode
+    def automatic_scores(
+        self,
+        volume: np.ndarray,
+        features_of: Optional[Callable[[int], Dict[str, object]]] = None,
+        on_slice: Optional[Callable[[int, torch.Tensor], None]] = None,
+    ) -> None:
+        """Sweep first to last slice (§4.1), calling ``on_slice(z, scores)`` with each slice's
+        (K, h/4, w/4) class scores on the padded model input. ``features_of`` serves cached features
+        (interactive sessions); otherwise features are streamed in chunks."""
+        order = list(range(volume.shape[0]))
+        source = ((z, features_of(z)) for z in order) if features_of else self.stream_features(volume, order)
+        tracks = self.empty_tracks()
+        for z, features in source:
+            outputs = self.decode_slice(features, tracks)
+            valid = ~outputs["query_padding_mask"][0]
+            on_slice(z, class_score_maps(outputs["pred_logits"][0], outputs["pred_masks"][0], valid))
+            if self.model.propagation:
+                tracks = self.continue_tracks(outputs, tracks, spawn_new=True)
+
+    @torch.inference_mode()
+    def predict_automatic(self, volume, return_scores: bool = False) -> VolumePrediction:
+        """Segment a whole volume: ``volume`` is uint8 (Z, Y, X) in canonical orientation (a numpy
+        array or tensor, already intensity-normalised, see :func:`normalize_intensity`)."""
+        volume = _check_volume(volume)
+        depth, height, width = volume.shape
+        model_size = self.model_slice_size((height, width))
+        padded = tuple(s + (-s) % self.model.size_divisibility for s in model_size)
+        labels = np.zeros((depth, height, width), dtype=np.uint8)
+        scores_out = np.zeros((self.model.num_classes, depth, height, width), dtype=np.float16) if return_scores else None
+
+        def store(z, scores):
+            native = self.native_scores(scores, model_size, (height, width), padded)
+            labels[z] = scores_to_labels(native).cpu().numpy()
+            if scores_out is not None:
+                scores_out[:, z] = native.cpu().numpy().astype(np.float16)
+
+        self.automatic_scores(volume, on_slice=store)
+        return VolumePrediction(labels, scores_out)
+
+
+def _check_volume(volume) -> np.ndarray:
+    if isinstance(volume, torch.Tensor):
+        volume = volume.cpu().numpy()
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise InputError(f"expected a (Z, Y, X) volume, got an array of shape {volume.shape}")
+    if volume.dtype != np.uint8:
+        raise InputError(
+            f"expected a uint8 volume (intensities normalised by s2vnet.data.intensity.normalize_intensity), got {volume.dtype}"
+        )
+    if min(volume.shape) == 0:
+        raise InputError(f"volume of shape {volume.shape} is empty")
+    return volume

@@ -1,0 +1,152 @@
+"""Losses of one decoded slice: class cross-entropy + mask BCE + dice, on every decoder layer.
+
+Targets are the slice's segments, one per class present (background, label 0, is a real class
+with its own segment; "no object" is the extra class K). Two kinds of queries get targets:
+
+* the N learnable queries are matched by the Hungarian matcher (eq. 5) to the slice's segments;
+  unmatched learnable queries learn "no object". By default they are matched to every segment,
+  so that the learnable queries keep finding every organ and a handed-over centroid adds a second,
+  context-informed prediction of its class. With ``exclusive_identities`` they are matched only to
+  the segments no identity query covers (tracker style: a tracked organ is the track's alone);
+
+* an identity-carrying (extra) query, a handed-over or click centroid of class c, has a fixed
+  target: the segment of class c on this slice, or "no object" if c is absent here (which is
+  what teaches a propagated centroid to let go when its organ ends).
+
+Losses follow Mask2Former: cross-entropy with the "no object" class down-weighted, and mask BCE
+and dice on importance-sampled points, normalised by the number of target masks in the batch.
+Pixels without ground truth (crop padding, ``INPUT.IGNORE_LABEL``) are left out of the mask losses
+and of the matching costs.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.utils.comm import get_world_size
+from torch import nn
+
+from s2vnet.modeling.matcher import HungarianMatcher
+from s2vnet.modeling.point_sampling import point_sample, uncertain_point_coords
+
+
+@dataclass
+class SliceTargets:
+    """Ground truth of one slice, and the fixed targets of its extra queries."""
+
+    labels: torch.Tensor  # (S,) int64 class of each segment
+    masks: torch.Tensor  # (S, H, W) float in {0, 1}
+    valid: torch.Tensor  # (H, W) float in {0, 1}; 0 where the label is the ignore value
+    extra_segments: torch.Tensor  # (E,) int64: segment index of each extra query, -1 = class absent
+
+    def segment_of_class(self, class_id: int) -> int:
+        hits = (self.labels == class_id).nonzero()
+        return int(hits[0, 0]) if hits.numel() else -1
+
+
+class SetCriterion(nn.Module):
+    def __init__(
+        self,
+        num_classes: int,
+        num_learnable_queries: int,
+        matcher: HungarianMatcher,
+        weight_dict: Dict[str, float],
+        no_object_weight: float,
+        num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
+        exclusive_identities: bool = False,
+    ):
+        super().__init__()
+        self.exclusive_identities = exclusive_identities
+        self.num_classes = num_classes
+        self.num_learnable_queries = num_learnable_queries
+        self.matcher = matcher
+        self.weight_dict = weight_dict
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        class_weights = torch.ones(num_classes + 1)
+        class_weights[-1] = no_object_weight
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    # ------------------------------------------------------------------ matching
+    def match(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, targets: List[SliceTargets]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(query indices, segment indices) per batch element: Hungarian for the learnable queries,
+        plus the fixed pairs of extra queries whose class is present."""
+        matches = []
+        n = self.num_learnable_queries
+        for b, target in enumerate(targets):
+            free = torch.ones(len(target.labels), dtype=torch.bool, device=target.labels.device)
+            if self.exclusive_identities:
+                free[target.extra_segments[target.extra_segments >= 0]] = False
+            free_index = free.nonzero().flatten()
+            rows, cols = self.matcher(
+                pred_logits[b, :n], pred_masks[b, :n], target.labels[free_index], target.masks[free_index], target.valid
+            )
+            extra_queries = torch.arange(len(target.extra_segments), device=rows.device) + n
+            has_target = target.extra_segments >= 0
+            matches.append(
+                (
+                    torch.cat([rows, extra_queries[has_target]]),
+                    torch.cat([free_index[cols], target.extra_segments[has_target]]),
+                )
+            )
+        return matches
+
+    # ------------------------------------------------------------------ losses
+    def loss_labels(self, pred_logits, targets, matches, query_padding_mask) -> torch.Tensor:
+        target_classes = torch.full(pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=pred_logits.device)
+        for b, (queries, segments) in enumerate(matches):
+            target_classes[b, queries] = targets[b].labels[segments]
+        # Padding queries (batches with unequal numbers of extra queries) carry no loss.
+        target_classes[query_padding_mask] = -100
+        return F.cross_entropy(pred_logits.float().transpose(1, 2), target_classes, self.class_weights, ignore_index=-100)
+
+    def loss_masks(self, pred_masks, targets, matches, num_masks: float) -> Dict[str, torch.Tensor]:
+        predicted = torch.cat([pred_masks[b, queries] for b, (queries, _) in enumerate(matches)])
+        if predicted.shape[0] == 0:
+            zero = pred_masks.sum() * 0.0  # keeps the graph (and DDP) intact
+            return {"loss_mask": zero, "loss_dice": zero}
+        target = torch.cat([targets[b].masks[segments] for b, (_, segments) in enumerate(matches)])
+        valid = torch.cat([targets[b].valid[None].expand(len(segments), -1, -1) for b, (_, segments) in enumerate(matches)])
+        predicted = predicted[:, None].float()
+        coords = uncertain_point_coords(predicted, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
+        logits = point_sample(predicted, coords).squeeze(1)  # (M, P)
+        with torch.no_grad():
+            labels = point_sample(target[:, None].float(), coords).squeeze(1)
+            weights = (point_sample(valid[:, None].float(), coords).squeeze(1) > 0.5).float()
+        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        bce = (bce * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        probs = logits.sigmoid() * weights
+        dice = 1.0 - (2.0 * (probs * labels).sum(1) + 1.0) / (probs.sum(1) + (labels * weights).sum(1) + 1.0)
+        return {"loss_mask": bce.sum() / num_masks, "loss_dice": dice.sum() / num_masks}
+
+    def forward(self, outputs: Dict[str, object], targets: List[SliceTargets]) -> Tuple[Dict[str, torch.Tensor], List]:
+        """Weighted losses of the final and every auxiliary prediction, and the final matches.
+
+        Loss keys are ``loss_ce``, ``loss_mask``, ``loss_dice`` for the final layer and the same with
+        suffix ``_<i>`` for auxiliary prediction i. The final-layer matches drive the hand-over.
+        """
+        num_masks = 0
+        for t in targets:
+            identities = int((t.extra_segments >= 0).sum())
+            matchable = len(t.labels) - identities if self.exclusive_identities else len(t.labels)
+            num_masks += identities + min(self.num_learnable_queries, matchable)
+        num_masks = torch.as_tensor(float(num_masks), device=outputs["pred_logits"].device)
+        if get_world_size() > 1:
+            torch.distributed.all_reduce(num_masks)
+        num_masks = (num_masks / get_world_size()).clamp(min=1.0).item()
+
+        losses, final_matches = {}, None
+        padding = outputs["query_padding_mask"]
+        layer_outputs = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs["aux_outputs"])]
+        for suffix, layer in layer_outputs:
+            matches = self.match(layer["pred_logits"], layer["pred_masks"], targets)
+            if final_matches is None:
+                final_matches = matches
+            layer_losses = {"loss_ce": self.loss_labels(layer["pred_logits"], targets, matches, padding)}
+            layer_losses.update(self.loss_masks(layer["pred_masks"], targets, matches, num_masks))
+            for name, value in layer_losses.items():
+                losses[name + suffix] = value * self.weight_dict[name]
+        return losses, final_matches

@@ -1,0 +1,105 @@
+"""Interaction-aware cluster-centre initialisation (eqs. 7-9).
+
+A click (slice t, pixel P, class c) becomes a cluster centre of class c: the backbone features of
+slice t are sampled bilinearly at P and projected to the query width by an FFN (eq. 7). Negative
+clicks are clicks of the background class (label 0), which is a real class here. Across refinement
+rounds the sampled feature of a class accumulates with geometric decay (adaptive sampling, eq. 8),
+every round adds a new centroid of that class, and the rounds' predictions are fused by taking the
+maximum of mask score x class score (eq. 9). The backbone features are the same in every round,
+so they are computed once per volume.
+"""
+from typing import Dict, Hashable, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from s2vnet.modeling.point_sampling import point_sample
+from s2vnet.modeling.transformer_decoder.kmeans_decoder import MLP
+
+
+class ClickEncoder(nn.Module):
+    """Eq. 7: C_hat_k = FFN(O_k), O_k = Sample(F_{t_k}, P_k), with F the backbone features."""
+
+    def __init__(self, in_features: Sequence[str], in_channels: Dict[str, int], hidden_dim: int, d_model: int):
+        super().__init__()
+        self.in_features = list(in_features)
+        total = sum(in_channels[name] for name in self.in_features)
+        # Backbone levels differ in scale by orders of magnitude; normalising the concatenated sample
+        # keeps the FFN's input well conditioned (and the eq. 8 sums comparable across rounds).
+        self.norm = nn.LayerNorm(total)
+        self.ffn = MLP(total, hidden_dim, d_model, 2)
+
+    def sample(
+        self, features: Dict[str, torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, image_size: Tuple[int, int]
+    ) -> torch.Tensor:
+        """O_k: backbone features at the clicks, concatenated over ``in_features``.
+
+        Args:
+            features: backbone maps (B, C, H/s, W/s) covering the (padded) input of size ``image_size``.
+            batch_index: (K,) which slice of the batch each click is on.
+            points: (K, 2) click pixels as (y, x) in input-pixel indices.
+        Returns:
+            (K, sum of channels), float32.
+        """
+        height, width = image_size
+        # Pixel centres in [0, 1], (x, y) order as point_sample wants.
+        coords = torch.stack([(points[:, 1].float() + 0.5) / width, (points[:, 0].float() + 0.5) / height], dim=-1)
+        samples = []
+        for name in self.in_features:
+            level = features[name][batch_index].float()  # (K, C, h, w)
+            samples.append(point_sample(level, coords[:, None]).squeeze(-1))  # (K, C)
+        return torch.cat(samples, dim=1)
+
+    def forward(self, sampled: torch.Tensor) -> torch.Tensor:
+        """Project sampled (or eq. 8-accumulated) features O to centroids (K, D)."""
+        return self.ffn(self.norm(sampled))
+
+
+def adaptive_feature(new_feature: torch.Tensor, previous: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 8: O_hat^r = O^r + beta * O_hat^{r-1} (so O_hat^r = sum_i beta^(r-i) O^i)."""
+    return new_feature + beta * previous
+
+
+def accumulate_round(
+    state: Dict[Hashable, torch.Tensor],
+    keys: Sequence[Hashable],
+    features: torch.Tensor,
+    beta: float,
+    adaptive: bool = True,
+) -> Dict[Hashable, torch.Tensor]:
+    """One refinement round of eq. 8 for every class clicked in it.
+
+    A class gets ONE new cluster centre per round (the paper's 20 centres per class are 20
+    rounds): the round's O^r of a class is the mean feature of its clicks in that round (the
+    protocol gives one click per class and round; a user, or the negative clicks correcting
+    several organs at once, may give more). With ``adaptive`` it is then added to beta times the
+    class's previous O_hat; without, it replaces it.
+
+    Args:
+        state: O_hat^{r-1} per key (a class, or (clip, class) in training); not modified.
+        keys: the key of each click of this round; features: (K, C) their sampled features.
+    Returns:
+        O_hat^r of every key clicked in this round.
+    """
+    grouped: Dict[Hashable, List[int]] = {}
+    for row, key in enumerate(keys):
+        grouped.setdefault(key, []).append(row)
+    updated = {}
+    for key, rows in grouped.items():
+        feature = features[rows].mean(0)
+        updated[key] = adaptive_feature(feature, state[key], beta) if adaptive and key in state else feature
+    return updated
+
+
+def fuse_rounds(round_scores: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: M_hat = max over rounds r of (M^r * c^r), given the products stacked on dim 0."""
+    return round_scores.amax(dim=0)
+
+
+def identity_score(pred_logits: torch.Tensor, pred_masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """M^r * c^r of eq. 9 for identity queries: sigmoid mask times the probability of the query's own class.
+
+    pred_logits (E, K+1), pred_masks (E, h, w), labels (E,) -> (E, h, w).
+    """
+    class_prob = pred_logits.float().softmax(-1).gather(1, labels[:, None])  # (E, 1)
+    return pred_masks.float().sigmoid() * class_prob[:, :, None]

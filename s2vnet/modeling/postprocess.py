@@ -1,0 +1,38 @@
+"""From decoder outputs to per-class score maps and labels.
+
+The score of class k at a pixel is the largest, over queries, of (probability that the query is
+class k) x (its sigmoid mask at the pixel): the same "mask score x class score" product that eq. 9
+fuses over interaction rounds, so automatic and interactive predictions live on one scale in
+[0, 1]. The label of a pixel is the class with the highest score; background (label 0) competes as
+a class like any other.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def class_score_maps(pred_logits: torch.Tensor, pred_masks: torch.Tensor, valid_queries: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """pred_logits (Q, K+1), pred_masks (Q, h, w), valid_queries (Q,) bool -> scores (K, h, w) in [0, 1]."""
+    probs = pred_logits.float().softmax(-1)[:, :-1]  # drop "no object"
+    masks = pred_masks.float().sigmoid()
+    if valid_queries is not None:
+        probs, masks = probs[valid_queries], masks[valid_queries]
+    num_classes = probs.shape[1]
+    if probs.shape[0] == 0:
+        return masks.new_zeros(num_classes, *pred_masks.shape[-2:])
+    # A loop over classes keeps memory at Q x h x w instead of Q x K x h x w.
+    return torch.stack([(probs[:, k, None, None] * masks).amax(0) for k in range(num_classes)])
+
+
+def upsample_scores(scores: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of (K, h, w) or (B, K, h, w) score maps to ``size`` (H, W)."""
+    batched = scores if scores.dim() == 4 else scores[None]
+    resized = F.interpolate(batched.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return resized if scores.dim() == 4 else resized[0]
+
+
+def scores_to_labels(scores: torch.Tensor) -> torch.Tensor:
+    """Argmax over the class axis (dim -3) -> uint8 labels (uint16 beyond 255 classes)."""
+    labels = scores.argmax(dim=-3)
+    return labels.to(torch.uint8 if scores.shape[-3] <= 256 else torch.int32)

@@ -1,0 +1,172 @@
+"""Each paper equation against a hand computation on tiny tensors."""
+import math
+
+import pytest
+import torch
+
+from s2vnet.modeling.interaction import ClickEncoder, adaptive_feature, fuse_rounds, identity_score
+from s2vnet.modeling.postprocess import class_score_maps
+from s2vnet.modeling.propagation import RecurrentCentroidAggregator, Tracks, hand_over
+from s2vnet.modeling.transformer_decoder.kmeans_attention import KMeansCrossAttention, kmeans_assignment, kmeans_update
+
+
+def test_kmeans_assignment_is_a_hard_argmax_over_queries():
+    # 3 queries x 4 pixels (eq. 3, assignment step).
+    logits = torch.tensor([[[0.1, 2.0, -1.0, 0.3], [0.5, 1.0, -3.0, 0.2], [0.0, -1.0, 4.0, 0.9]]])
+    expected = torch.tensor([[[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1]]], dtype=torch.float32)
+    assert torch.equal(kmeans_assignment(logits), expected)
+    # Every pixel belongs to exactly one query.
+    assert torch.equal(kmeans_assignment(logits).sum(1), torch.ones(1, 4))
+
+
+def test_kmeans_assignment_skips_padding_queries_and_has_no_gradient():
+    logits = torch.tensor([[[5.0, 5.0], [1.0, -1.0]]], requires_grad=True)
+    padding = torch.tensor([[True, False]])
+    assignment = kmeans_assignment(logits, padding)
+    assert torch.equal(assignment, torch.tensor([[[0.0, 0.0], [1.0, 1.0]]]))
+    assert not assignment.requires_grad
+
+
+def test_kmeans_update_is_the_sum_not_the_mean_of_assigned_values():
+    assignment = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # query 0 owns pixels 0 and 1
+    values = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [10.0, 20.0]]])
+    update = kmeans_update(assignment, values)
+    assert torch.allclose(update, torch.tensor([[[4.0, 6.0], [10.0, 20.0]]]))
+
+
+def test_kmeans_cross_attention_layer_matches_hand_computation():
+    torch.manual_seed(0)
+    layer = KMeansCrossAttention(d_model=4)
+    queries = torch.randn(1, 2, 4)
+    memory = torch.randn(1, 3, 4)
+    pos = torch.randn(1, 3, 4)
+    logits = torch.tensor([[[1.0, -1.0, 2.0], [0.0, 3.0, 1.0]]])  # pixel 0 -> q0, 1 -> q1, 2 -> q0
+    output = layer(queries, memory, pos, logits)
+    values = layer.value_proj(memory + pos)[0]
+    sums = torch.stack([values[0] + values[2], values[1]])  # eq. 3: A V
+    expected = layer.norm(queries[0] + layer.output_proj(layer.update_norm(sums)))  # update step + residual
+    assert torch.allclose(output[0], expected, atol=1e-6)
+
+
+def test_kmeans_update_runs_in_float32_under_autocast():
+    assignment = torch.ones(1, 1, 4096)
+    values = torch.full((1, 4096, 2), 1.001, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        update = kmeans_update(assignment, values)
+    assert update.dtype == torch.float32
+    assert update[0, 0, 0].item() == pytest.approx(4096 * float(torch.tensor(1.001, dtype=torch.bfloat16)), rel=1e-6)
+
+
+def test_adaptive_sampling_accumulates_geometrically():
+    # Eq. 8: O_hat^r = O^r + beta O_hat^{r-1} = sum_i beta^(r-i) O^i.
+    features = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([4.0, 4.0])]
+    beta = 0.8
+    accumulated = features[0]
+    for feature in features[1:]:
+        accumulated = adaptive_feature(feature, accumulated, beta)
+    expected = features[2] + beta * features[1] + beta**2 * features[0]
+    assert torch.allclose(accumulated, expected)
+    assert torch.allclose(accumulated, torch.tensor([4.64, 5.6]))
+
+
+def test_round_fusion_is_the_max_of_mask_times_class_score():
+    # Eq. 9 for one class over three rounds on two pixels.
+    masks = torch.tensor([[0.9, 0.2], [0.5, 0.8], [0.1, 0.1]])
+    class_scores = torch.tensor([0.5, 0.9, 1.0])
+    fused = fuse_rounds(masks * class_scores[:, None])
+    assert torch.allclose(fused, torch.tensor([0.45, 0.72]))
+
+
+def test_identity_score_uses_the_probability_of_the_identity_class():
+    logits = torch.log(torch.tensor([[0.1, 0.7, 0.1, 0.1], [0.2, 0.2, 0.5, 0.1]]))  # K = 3 classes + no-object
+    mask_logits = torch.zeros(2, 1, 1)  # sigmoid = 0.5
+    scores = identity_score(logits, mask_logits, torch.tensor([1, 0]))
+    assert torch.allclose(scores.flatten(), torch.tensor([0.35, 0.1]))
+
+
+def test_class_score_maps_take_the_best_query_per_class_and_drop_no_object():
+    logits = torch.log(torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.6, 0.3]]))  # 2 classes + no-object
+    masks = torch.tensor([[[10.0, -10.0]], [[-10.0, 10.0]]])  # query 0 on pixel 0, query 1 on pixel 1
+    scores = class_score_maps(logits, masks)
+    assert scores.shape == (2, 1, 2)
+    assert scores[0, 0, 0] == pytest.approx(0.8, abs=1e-3) and scores[1, 0, 1] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_aggregator_shapes_and_recurrence():
+    torch.manual_seed(0)
+    d_model, slots = 8, 2
+    aggregator = RecurrentCentroidAggregator(d_model, nheads=2, dim_feedforward=16, memory_slots=slots).eval()
+    centroids = [torch.randn(3, d_model) for _ in range(3)]
+    memory = aggregator.initial(3)
+    assert memory.shape == (3, slots, d_model)
+    for c in centroids:
+        query, new_memory = aggregator(c, memory)
+        assert query.shape == (3, d_model) and new_memory.shape == (3, slots, d_model)
+        # Eq. 11 reads the memory BEFORE this slice's centroid is written into it.
+        attended = aggregator.read_attn(c[:, None], memory, memory, need_weights=False)[0][:, 0]
+        assert torch.allclose(query, c + attended, atol=1e-6)
+        # Eq. 10: H^t = FFN(SelfAttn([H^{t-1}; C^t])), only the memory positions kept.
+        tokens = torch.cat([memory, c[:, None]], 1)
+        attended_tokens = aggregator.write_norm(tokens + aggregator.write_attn(tokens, tokens, tokens, need_weights=False)[0])
+        kept = attended_tokens[:, :slots]
+        assert torch.allclose(new_memory, aggregator.write_ffn_norm(kept + aggregator.write_ffn(kept)), atol=1e-6)
+        memory = new_memory
+    # The memory carries history: changing the first centroid changes the query two slices later.
+    def query_on_third_slice(first):
+        memory = aggregator.initial(3)
+        for c in (first, centroids[1]):
+            memory = aggregator(c, memory)[1]
+        return aggregator(centroids[2], memory)[0]
+
+    assert not torch.allclose(query_on_third_slice(centroids[0]), query_on_third_slice(centroids[0] + 1.0))
+
+
+def test_aggregator_with_one_slot_reads_a_projection_of_the_memory():
+    """With a single memory vector the cross-attention softmax is 1: the read is W_o W_v H."""
+    torch.manual_seed(1)
+    aggregator = RecurrentCentroidAggregator(4, nheads=1, dim_feedforward=8, memory_slots=1).eval()
+    centroid, memory = torch.randn(2, 4), torch.randn(2, 1, 4)
+    attn = aggregator.read_attn
+    w_v = attn.in_proj_weight[8:12]
+    b_v = attn.in_proj_bias[8:12]
+    projected = (memory[:, 0] @ w_v.T + b_v) @ attn.out_proj.weight.T + attn.out_proj.bias
+    assert torch.allclose(aggregator.read(centroid, memory), centroid + projected, atol=1e-6)
+
+
+def test_aggregator_cost_is_constant_per_slice():
+    aggregator = RecurrentCentroidAggregator(8, nheads=2, dim_feedforward=16, memory_slots=1)
+    memory = aggregator.initial(2)
+    for _ in range(50):
+        _, memory = aggregator(torch.randn(2, 8), memory)
+    assert memory.shape == (2, 1, 8)  # no memory bank growing with the slices
+
+
+def test_hand_over_without_aggregation_passes_centroids_unchanged_and_can_detach():
+    centroids = torch.randn(2, 4, requires_grad=True)
+    tracks = hand_over(centroids, torch.tensor([1, 2]), torch.tensor([0, 0]), None, None)
+    assert tracks.queries is centroids  # eq. 6: C^{t+1} = C_hat^t
+    detached = hand_over(centroids, torch.tensor([1, 2]), torch.tensor([0, 0]), None, None, detach=True)
+    assert not detached.queries.requires_grad
+
+
+def test_tracks_padding_keeps_order_and_gradient():
+    queries = torch.randn(3, 2, requires_grad=True)
+    tracks = Tracks(queries, torch.tensor([1, 2, 3]), torch.tensor([1, 0, 1]))
+    extra, padding, slot = tracks.padded(batch_size=2)
+    assert extra.shape == (2, 2, 2)
+    assert slot.tolist() == [0, 0, 1]
+    assert padding.tolist() == [[False, True], [False, False]]
+    assert torch.equal(extra[1, 0], queries[0]) and torch.equal(extra[1, 1], queries[2])
+    extra.sum().backward()
+    assert torch.equal(queries.grad, torch.ones(3, 2))
+
+
+def test_click_encoder_samples_bilinearly_at_the_pixel_centre():
+    encoder = ClickEncoder(["res2"], {"res2": 1}, hidden_dim=4, d_model=2)
+    feature = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])  # the stride-4 map of an 8x8 input
+    centre = encoder.sample({"res2": feature}, torch.tensor([0]), torch.tensor([[4, 4]]), (8, 8))
+    # Input pixel (4, 4) has centre 4.5/8 = 0.5625 -> feature coordinate 0.5625*2 - 0.5 = 0.625 in both axes.
+    w = 0.625
+    expected = (1 - w) * (1 - w) * 1 + (1 - w) * w * 3 + w * (1 - w) * 5 + w * w * 7
+    assert centre.item() == pytest.approx(expected, abs=1e-6)
+    assert encoder(centre).shape == (1, 2)

@@ -1,0 +1,228 @@
+"""Volume inference, interactive sessions and the prediction CLI."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_model
+from s2vnet.data.intensity import normalize_intensity
+from s2vnet.data.phantom import generate_phantom
+from s2vnet.data.volume_io import canonical_to_original_index, original_to_canonical_index, read_volume
+from s2vnet.inference.session import InteractiveSession
+from s2vnet.inference.volume_predictor import VolumePredictor
+from s2vnet.utils.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def phantom_volume():
+    phantom = generate_phantom(5, (12, 64, 64))
+    return normalize_intensity(phantom.image.astype(np.float32), "CT"), phantom.labels
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    return tiny_model(tiny_config(num_classes=8)).eval()
+
+
+def test_automatic_prediction_shapes_and_scores(random_model, phantom_volume):
+    volume, _ = phantom_volume
+    prediction = VolumePredictor(random_model, slice_batch_size=5).predict_automatic(volume, return_scores=True)
+    assert prediction.labels.shape == volume.shape and prediction.labels.dtype == np.uint8
+    assert prediction.scores.shape == (8,) + volume.shape
+    # Labels are the argmax of the scores (up to float16 rounding of near-ties in the saved scores).
+    assert np.mean(prediction.scores.astype(np.float32).argmax(0) == prediction.labels) > 0.99
+
+
+def test_batch_size_does_not_change_the_result(random_model, phantom_volume):
+    volume, _ = phantom_volume
+    one = VolumePredictor(random_model, slice_batch_size=1).predict_automatic(volume, return_scores=True)
+    many = VolumePredictor(random_model, slice_batch_size=7).predict_automatic(volume, return_scores=True)
+    assert np.allclose(one.scores.astype(np.float32), many.scores.astype(np.float32), atol=2e-3)
+
+
+def test_resized_inference_returns_the_native_grid(random_model, phantom_volume):
+    volume, _ = phantom_volume
+    prediction = VolumePredictor(random_model, test_size=96).predict_automatic(volume[:, :, :50])
+    assert prediction.labels.shape == (12, 64, 50)
+
+
+def test_bad_volumes_are_rejected(random_model):
+    predictor = VolumePredictor(random_model)
+    with pytest.raises(InputError, match="uint8"):
+        predictor.predict_automatic(np.zeros((4, 32, 32), np.float32))
+    with pytest.raises(InputError, match="shape"):
+        predictor.predict_automatic(np.zeros((32, 32), np.uint8))
+
+
+def _count_backbone_calls(model):
+    calls = {"n": 0}
+    model.backbone.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    return calls
+
+
+def test_click_rounds_reuse_the_cached_features(phantom_volume):
+    model = tiny_model(tiny_config(num_classes=8)).eval()
+    volume, _ = phantom_volume
+    calls = _count_backbone_calls(model)
+    session = InteractiveSession(model, volume)
+    opened = calls["n"]
+    assert opened >= 1
+    session.click(6, 30, 30, 1)
+    session.click(4, 20, 40, 0)
+    session.run()
+    session.click(7, 33, 31, 1)
+    session.run()
+    assert calls["n"] == opened  # no backbone pass after the session opened
+
+
+def test_clicks_are_validated(random_model, phantom_volume):
+    volume, _ = phantom_volume
+    session = InteractiveSession(random_model, volume)
+    with pytest.raises(InputError, match="slice"):
+        session.click(12, 0, 0, 1)
+    with pytest.raises(InputError, match="x"):
+        session.click(0, 0, -1, 1)
+    with pytest.raises(InputError, match="label"):
+        session.click(0, 0, 0, 8)
+    # A class gets one cluster centre per round it is clicked in, up to MAX_CLICKS_PER_CLASS.
+    random_model.max_clicks_per_class = 2
+    try:
+        session.click(0, 1, 1, 2)
+        session.click(0, 2, 2, 2)  # same round: same centre
+        session.run()
+        session.click(1, 2, 2, 2)
+        session.run()
+        with pytest.raises(InputError, match="maximum"):
+            session.click(0, 3, 3, 2)
+        session.click(0, 3, 3, 3)  # other classes are not limited by it
+    finally:
+        random_model.max_clicks_per_class = 20
+
+
+def test_undo_and_reset_restore_earlier_results(random_model, phantom_volume):
+    volume, _ = phantom_volume
+    random_model.handover_threshold = 0.0  # random weights: let click centroids propagate
+    try:
+        session = InteractiveSession(random_model, volume)
+        automatic = session.run().labels
+        session.click(6, 30, 30, 3)
+        first = session.run().labels
+        session.click(5, 20, 20, 5)
+        session.run()
+        session.undo()
+        assert np.array_equal(session.result().labels, first)
+        session.click(5, 20, 20, 5)
+        session.run()
+        session.reset(3)
+        session.reset(5)
+        assert np.array_equal(session.result().labels, automatic)
+    finally:
+        random_model.handover_threshold = 0.5
+
+
+def test_voxel_index_round_trip_on_a_non_ras_file(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    affine = np.array([[0, -2.0, 0, 10], [0, 0, 3.0, -5], [-1.5, 0, 0, 7], [0, 0, 0, 1]])  # permuted and flipped
+    path = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    volume = read_volume(path)
+    for ijk in [(0, 0, 0), (3, 4, 5), (1, 2, 3)]:
+        zyx = original_to_canonical_index(volume.geometry, ijk)
+        assert volume.array[zyx] == data[ijk]
+        assert canonical_to_original_index(volume.geometry, zyx) == ijk
+    with pytest.raises(InputError, match="outside"):
+        original_to_canonical_index(volume.geometry, (4, 0, 0))
+
+
+# ------------------------------------------------------------------ the prediction CLI
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    """A config file and random-initialised weights (enough to exercise I/O and geometry)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    folder = tmp_path_factory.mktemp("weights")
+    cfg = tiny_config(num_classes=8)
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ()
+    cfg.DATASETS.ROOT = ""
+    config = folder / "config.yaml"
+    config.write_text(cfg.dump())
+    model = tiny_model(cfg)
+    DetectionCheckpointer(model, str(folder)).save("random")
+    return config, folder / "random.pth"
+
+
+def _predict(config, weights, *args):
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools/predict.py"), "--config-file", str(config), *map(str, args), "MODEL.WEIGHTS", str(weights)],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_predict_on_the_real_ct_keeps_its_geometry(random_weights, real_ct_path, tmp_path):
+    config, weights = random_weights
+    output = tmp_path / "seg.nii.gz"
+    result = _predict(config, weights, "--input", real_ct_path, "--output", output)
+    assert result.returncode == 0, result.stderr
+    written, source = nib.load(output), nib.load(real_ct_path)
+    assert written.shape == source.shape
+    assert np.allclose(written.affine, source.affine)
+    assert written.get_data_dtype() == np.uint8
+
+
+def test_predict_with_clicks_and_bad_clicks(random_weights, real_ct_path, tmp_path):
+    config, weights = random_weights
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps({"rounds": [[{"ijk": [60, 50, 15], "label": 5}, {"ijk": [20, 30, 10], "label": 0}], [{"ijk": [61, 50, 16], "label": 5}]]}))
+    output = tmp_path / "seg.nii.gz"
+    result = _predict(config, weights, "--input", real_ct_path, "--output", output, "--clicks", clicks)
+    assert result.returncode == 0, result.stderr
+    assert nib.load(output).shape == nib.load(real_ct_path).shape
+    clicks.write_text(json.dumps({"clicks": [{"ijk": [500, 50, 15], "label": 5}]}))
+    result = _predict(config, weights, "--input", real_ct_path, "--output", tmp_path / "bad.nii.gz", "--clicks", clicks)
+    assert result.returncode != 0 and "outside" in result.stderr
+    clicks.write_text(json.dumps({"clicks": [{"ijk": [5, 5, 5], "label": "kidney_of_nowhere"}]}))
+    result = _predict(config, weights, "--input", real_ct_path, "--output", tmp_path / "bad.nii.gz", "--clicks", clicks)
+    assert result.returncode == 2 and "kidney_of_nowhere" in result.stderr
+
+
+def test_interrupted_folder_run_resumes(random_weights, real_ct_path, tmp_path, monkeypatch):
+    import importlib.util
+
+    config, weights = random_weights
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    source = nib.load(real_ct_path)
+    for i in range(3):
+        nib.save(nib.Nifti1Image(np.asanyarray(source.dataobj)[:, :, 10:20], source.affine, source.header), inputs / f"ct_{i}.nii.gz")
+    outputs = tmp_path / "outputs"
+    spec = importlib.util.spec_from_file_location("predict_tool", REPO / "tools/predict.py")
+    predict_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict_tool)
+    original = predict_tool.predict_case
+    calls = []
+
+    def interrupted(predictor, source, target, *args):
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed while working on the second volume
+        calls.append(source.name)
+        return original(predictor, source, target, *args)
+
+    monkeypatch.setattr(predict_tool, "predict_case", interrupted)
+    argv = ["--config-file", str(config), "--input", str(inputs), "--output", str(outputs), "MODEL.WEIGHTS", str(weights)]
+    with pytest.raises(KeyboardInterrupt):
+        predict_tool.main(argv)
+    done = sorted(p.name for p in outputs.iterdir())
+    assert done == ["ct_0.nii.gz"]  # only the finished volume, no partial file
+    first = (outputs / "ct_0.nii.gz").stat().st_mtime_ns
+    monkeypatch.setattr(predict_tool, "predict_case", original)
+    assert predict_tool.main(argv) == 0
+    assert sorted(p.name for p in outputs.iterdir()) == ["ct_0.nii.gz", "ct_1.nii.gz", "ct_2.nii.gz"]
+    assert (outputs / "ct_0.nii.gz").stat().st_mtime_ns == first  # skipped, not redone
