@@ -37,6 +37,7 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.INPUT.CLIP.RANDOM_DIRECTION = True  # clips run up or down the volume at random (inference sweeps both)
     cfg.INPUT.CLIP.FOREGROUND_RATIO = 0.9  # probability that a clip starts on a slice containing foreground
     cfg.INPUT.CLIP.RARE_CLASS_BALANCE = True  # pick the foreground class first, uniformly, then one of its slices
+    cfg.INPUT.CLIP.ORGAN_END_RATIO = 0.3  # share of foreground clips that cross an organ's end (centroids learn to let go)
 
     # ---------------------------------------------------------------- backbone (timm)
     cfg.MODEL.META_ARCHITECTURE = "S2VNet"  # the meta architecture in s2vnet/modeling/meta_arch.py
@@ -100,6 +101,7 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.MODEL.S2VNET.INTERACTION = CN()
     cfg.MODEL.S2VNET.INTERACTION.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # eq. 7: backbone features sampled at a click
     cfg.MODEL.S2VNET.INTERACTION.HIDDEN_DIM = 1024  # width of the FFN that maps a sampled feature to a centroid (eq. 7)
+    cfg.MODEL.S2VNET.INTERACTION.CLICK_POSITION = True  # the FFN also sees the click's sine position code
     cfg.MODEL.S2VNET.INTERACTION.CLICK_PROB = 0.5  # training: chance a present class starts from clicks (§3.3)
     cfg.MODEL.S2VNET.INTERACTION.TRAIN_MAX_ROUNDS = 3  # training: click rounds simulated on a clip's first slice
     cfg.MODEL.S2VNET.INTERACTION.CLICK_JITTER = 0.3  # training: click drawn among pixels >= (1 - this) x max depth

@@ -113,6 +113,21 @@ def test_clip_sampling_favours_foreground():
     assert np.mean([s >= 90 for s in uniform]) == pytest.approx(0.1, abs=0.03)
 
 
+def test_organ_end_clips_cross_the_end_of_an_organ():
+    slice_classes = [[0]] * 10 + [[0, 1]] * 20 + [[0]] * 10  # organ on slices 10..29
+    rng = np.random.default_rng(0)
+    crossing = 0
+    for _ in range(500):
+        clip = sample_clip(slice_classes, rng, num_slices=3, foreground_ratio=1.0, organ_end_ratio=1.0)
+        present = [1 in slice_classes[z] for z in clip]
+        assert present[0]  # starts on the organ ...
+        crossing += not all(present)  # ... and leaves it
+    assert crossing == 500
+    # Without organ-end clips, most foreground clips stay inside the organ.
+    inside = [all(1 in slice_classes[z] for z in sample_clip(slice_classes, rng, foreground_ratio=1.0)) for _ in range(500)]
+    assert np.mean(inside) > 0.8
+
+
 def test_clip_direction_stride_and_short_volumes():
     rng = np.random.default_rng(0)
     slice_classes = [[0, 1]] * 20

@@ -162,7 +162,7 @@ def test_tracks_padding_keeps_order_and_gradient():
 
 
 def test_click_encoder_samples_bilinearly_at_the_pixel_centre():
-    encoder = ClickEncoder(["res2"], {"res2": 1}, hidden_dim=4, d_model=2)
+    encoder = ClickEncoder(["res2"], {"res2": 1}, hidden_dim=4, d_model=2, use_position=False)
     feature = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])  # the stride-4 map of an 8x8 input
     centre = encoder.sample({"res2": feature}, torch.tensor([0]), torch.tensor([[4, 4]]), (8, 8))
     # Input pixel (4, 4) has centre 4.5/8 = 0.5625 -> feature coordinate 0.5625*2 - 0.5 = 0.625 in both axes.
@@ -170,3 +170,16 @@ def test_click_encoder_samples_bilinearly_at_the_pixel_centre():
     expected = (1 - w) * (1 - w) * 1 + (1 - w) * w * 3 + w * (1 - w) * 5 + w * w * 7
     assert centre.item() == pytest.approx(expected, abs=1e-6)
     assert encoder(centre).shape == (1, 2)
+
+
+def test_click_position_code_matches_the_map_code():
+    from s2vnet.modeling.position_encoding import PositionEmbeddingSine
+
+    encoding = PositionEmbeddingSine(8)
+    code_map = encoding(torch.zeros(1, 1, 16, 16))[0]  # the code of map pixel (i, j) is at ((i + 1) / 16)
+    point = encoding.encode_points(torch.tensor([[5 / 16, 11 / 16]]))[0]
+    assert torch.allclose(point, code_map[:, 4, 10], atol=1e-4)
+    encoder = ClickEncoder(["res2"], {"res2": 3}, hidden_dim=8, d_model=16, use_position=True)
+    features = torch.randn(2, 3)
+    near, far = encoder(features[:1], torch.tensor([[0.2, 0.2]])), encoder(features[:1], torch.tensor([[0.8, 0.7]]))
+    assert not torch.allclose(near, far)  # the centroid knows where the click was

@@ -39,15 +39,23 @@ def test_inference_hand_over_keeps_confident_foreground_only():
     logits[0, 1, 2], logits[0, 1, k] = 10.0, -10.0  # query 1: confident class 2 -> new identity
     logits[0, 2, 3], logits[0, 2, k] = 0.0, 0.2  # query 2: class 3 below the threshold
     logits[0, n, 1], logits[0, n, k] = 10.0, -10.0  # the class-1 track is still confident -> continues
+    masks = torch.full((1, n + 1, 8, 8), -5.0)
+    masks[..., 2:5, 2:5] = 5.0  # every query has a non-empty mask
     outputs = {
         "pred_logits": logits,
+        "pred_masks": masks,
         "query_embeddings": torch.randn(1, n + 1, 32),
         "track_slot": torch.tensor([0]),
     }
     previous = Tracks(torch.randn(1, 32), torch.tensor([1]), torch.tensor([0]), model.aggregator.initial(1))
     tracks = predictor.continue_tracks(outputs, previous, spawn_new=True)
     assert sorted(tracks.labels.tolist()) == [1, 2]
+    # A confident centroid whose cluster is empty is dropped (and spawns nothing).
+    masks[0, n] = -5.0
+    masks[0, 1] = -5.0
+    assert predictor.continue_tracks(outputs, previous, spawn_new=True).labels.tolist() == []
     # A track whose class is no longer predicted dies.
+    masks[0, n, 2:5, 2:5] = 5.0
     logits[0, n, 1] = -10.0
     assert predictor.continue_tracks(outputs, previous, spawn_new=False).labels.tolist() == []
 

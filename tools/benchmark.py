@@ -14,6 +14,7 @@ On one synthetic CT phantom volume, same device and threads, each in its own pro
     memory_<n>      automatic pass on n-slice volumes (--memory-slices), for peak memory vs depth
     train_step      training throughput (clips per second) at --train-size
     profile         seconds per module of one automatic pass
+    data_pipeline   prepare step on --data-volumes phantoms, and loading one training clip from the cache
 
 Reports volumes/minute, seconds/slice, peak memory and ratios to S2VNet, prints a table and writes
 JSON (--output). Times are medians after warm-up; compare ratios within one run: shared machines
@@ -35,7 +36,7 @@ from s2vnet.utils.logging import setup_cli_logging
 
 logger = logging.getLogger("s2vnet.benchmark")
 
-ALL = ("s2vnet", "baseline", "swin_unetr", "click_round", "encoder", "memory", "train_step", "profile")
+ALL = ("s2vnet", "baseline", "swin_unetr", "click_round", "encoder", "memory", "train_step", "profile", "data_pipeline")
 
 
 def parse_args(argv=None):
@@ -52,6 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--memory-slices", type=int, nargs=2, default=(32, 128), metavar=("FEW", "MANY"))
     parser.add_argument("--train-size", type=int, default=256, help="crop size of the training-throughput step")
     parser.add_argument("--train-batch", type=int, default=2, help="clips per training step")
+    parser.add_argument("--data-volumes", type=int, default=20, help="phantom volumes of the data_pipeline measurement")
+    parser.add_argument("--data-workers", type=int, default=2, help="prepare workers of the data_pipeline measurement")
     parser.add_argument("--only", nargs="+", choices=ALL, help="run only these measurements")
     parser.add_argument("--skip", nargs="+", choices=ALL, default=(), help="skip these measurements")
     parser.add_argument("--output", help="JSON file for the results")
@@ -72,6 +75,7 @@ def main(argv=None) -> int:
         "slice_batch": args.slice_batch, "warmup": args.warmup, "repeats": args.repeats,
         "slices": args.slices, "height": args.height, "width": args.width,
         "train_size": args.train_size, "train_batch": args.train_batch,
+        "data_volumes": args.data_volumes, "data_workers": args.data_workers,
     }
     plan = []
     for kind in selected:
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
     reference_memory = results.get("s2vnet", {}).get("peak_mb")
     rows = []
     for name, record in results.items():
-        if name in ("profile", "train_step") or "median_s" not in record:
+        if name in ("profile", "train_step", "data_pipeline") or "median_s" not in record:
             continue
         record["time_ratio_to_s2vnet"] = record["median_s"] / reference if reference else None
         record["memory_ratio_to_s2vnet"] = record["peak_mb"] / reference_memory if reference_memory and record.get("peak_mb") else None
@@ -116,6 +120,10 @@ def main(argv=None) -> int:
         findings["batched_encoder_speedup"] = results["encoder_single"]["median_s"] / results["encoder_batched"]["median_s"]
     if "train_step" in results:
         findings["train_clips_per_second"] = results["train_step"]["clips_per_second"]
+    if "data_pipeline" in results:
+        data = results["data_pipeline"]
+        findings[f"prepare_seconds_{data['prepare_volumes']}_volumes"] = data["prepare_seconds"]
+        findings["clip_load_ms_median"] = data["clip_load_ms_median"]
     print("\n".join(table))
     for key, value in findings.items():
         print(f"{key}: {_fmt(value)}")

@@ -29,6 +29,7 @@ from detectron2.structures import BitMasks, Instances
 
 from s2vnet.data.clip_sampling import sample_clip
 from s2vnet.data.prepare import PreparedVolume, case_cache_dir
+from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ClipDatasetMapper:
         random_direction: bool,
         foreground_ratio: float,
         rare_class_balance: bool,
+        organ_end_ratio: float = 0.0,
         max_open_volumes: int = 64,
     ):
         self.is_train = is_train
@@ -62,6 +64,7 @@ class ClipDatasetMapper:
             "random_direction": random_direction,
             "foreground_ratio": foreground_ratio,
             "rare_class_balance": rare_class_balance,
+            "organ_end_ratio": organ_end_ratio,
         }
         self.augmentations = [
             T.ResizeScale(min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size),
@@ -90,6 +93,7 @@ class ClipDatasetMapper:
             "random_direction": clip.RANDOM_DIRECTION,
             "foreground_ratio": clip.FOREGROUND_RATIO,
             "rare_class_balance": clip.RARE_CLASS_BALANCE,
+            "organ_end_ratio": clip.ORGAN_END_RATIO,
         }
 
     @property
@@ -108,14 +112,17 @@ class ClipDatasetMapper:
             return self._open[case_dir]
         volume = PreparedVolume(case_dir)
         if volume.label is None:
-            raise ValueError(f"{case_dir}: training needs labels, but this volume was prepared without them")
+            raise InputError(f"{case_dir}: training needs labels, but this volume was prepared without them")
         self._open[case_dir] = volume
         if len(self._open) > self._max_open:
             self._open.popitem(last=False)
         return volume
 
     def __call__(self, record: Dict) -> Dict:
-        volume = self.volume(record)
+        return self.clip_from_volume(self.volume(record))
+
+    def clip_from_volume(self, volume: PreparedVolume) -> Dict:
+        """Sample, read (from the memory map) and augment one clip of a prepared volume."""
         indices = sample_clip(volume.slice_classes, self.rng, **self.clip_args)
         images = np.asarray(volume.image[indices])  # (T, H, W) uint8, read from the memory map
         labels = np.asarray(volume.label[indices])
@@ -125,7 +132,7 @@ class ClipDatasetMapper:
             "image": torch.from_numpy(np.ascontiguousarray(images)),
             "sem_seg": sem_seg,
             "instances": [instances_from_sem_seg(s, self.ignore_label) for s in sem_seg],
-            "case_id": record["case_id"],
+            "case_id": volume.case_id,
             "slice_indices": indices,
         }
 

@@ -58,7 +58,7 @@ PathLike = Union[str, os.PathLike]
 
 #: Bumped whenever the same seed would produce different volumes; stored in dataset.json so
 #: that resuming an old folder with a new generator is refused instead of mixing cases.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: test cases are named phantom_test_NNN
 
 #: Label names; the index is the label id.
 CLASS_NAMES: tuple[str, ...] = (

@@ -175,6 +175,8 @@ def measure(kind: str, options: Dict) -> Dict:
         record.update(_measure_train_step(cfg, setup, options))
     elif kind == "profile":
         record.update(_profile_modules(cfg, volume, device))
+    elif kind == "data_pipeline":
+        record.update(_measure_data_pipeline(cfg, options))
     else:
         raise ValueError(f"unknown measurement {kind!r}")
     record["seconds_per_slice"] = record["median_s"] / record["slices"] if "median_s" in record else None
@@ -286,6 +288,47 @@ def _profile_modules(cfg, volume: np.ndarray, device: torch.device) -> Dict:
         handle.remove()
     totals["other (hand-over, score maps, resizing, Python)"] = total - sum(totals.values())
     return {"median_s": total, "modules_s": totals}
+
+
+def _measure_data_pipeline(cfg, options: Dict) -> Dict:
+    """The prepare step on ``data_volumes`` phantom volumes (the volume size of the run), and the
+    time to load one training clip from the cache (memory map + LSJ + flip + masks)."""
+    import tempfile
+    from pathlib import Path
+
+    from s2vnet.data.clip_mapper import ClipDatasetMapper
+    from s2vnet.data.phantom import write_phantom_dataset
+    from s2vnet.data.prepare import PreparedVolume, PrepareJob, case_cache_dir, prepare_jobs
+
+    count, workers = options["data_volumes"], options["data_workers"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "Dataset_Bench"
+        write_phantom_dataset(root, num_train=count, seed=0, shape=(options["slices"], options["height"], options["width"]), workers=workers)
+        images = sorted((root / "imagesTr").glob("*_0000.nii.gz"))
+        jobs = [
+            PrepareJob(p.name[: -len("_0000.nii.gz")], str(p), str(root / "labelsTr" / p.name.replace("_0000", "")), "CT", 8,
+                       str(case_cache_dir(Path(tmp) / "cache", root, p)))
+            for p in images
+        ]
+        start = time.perf_counter()
+        report = prepare_jobs(jobs, workers=workers, progress=False)
+        prepare_seconds = time.perf_counter() - start
+        if report.failed:
+            raise RuntimeError(f"prepare failed: {report.failed}")
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.INPUT.IMAGE_SIZE = min(cfg.INPUT.IMAGE_SIZE, options["height"] * 2)
+        mapper = ClipDatasetMapper(cfg, True)
+        volumes = [PreparedVolume(job.case_dir) for job in jobs]
+        np.random.seed(0)
+        loads = []
+        for i in range(200):
+            start = time.perf_counter()
+            mapper.clip_from_volume(volumes[i % len(volumes)])
+            loads.append(time.perf_counter() - start)
+    return {"prepare_volumes": count, "prepare_workers": workers, "prepare_seconds": prepare_seconds,
+            "clip_load_ms_median": 1000 * statistics.median(loads), "clip_load_ms_p95": 1000 * float(np.percentile(loads, 95)),
+            "clip_size": cfg.INPUT.IMAGE_SIZE}
 
 
 def run_in_subprocess(kind: str, options: Dict) -> Dict:

@@ -87,6 +87,14 @@ class AutocastTrainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
+def autocast_supported(device: str, dtype: torch.dtype) -> bool:
+    """Whether mixed precision in ``dtype`` is fast on ``device``: on CUDA, bf16 needs Ampere or
+    newer; on CPU, only bf16 with native instructions (AVX512-BF16 / AMX) is faster than fp32."""
+    if device.startswith("cuda"):
+        return dtype == torch.float16 or torch.cuda.is_bf16_supported()
+    return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW (or SGD) with per-parameter groups: backbone LR x BACKBONE_MULTIPLIER; weight decay
     WEIGHT_DECAY_NORM on normalisation layers and WEIGHT_DECAY_EMBED on embeddings/position tables."""
@@ -139,14 +147,23 @@ def _full_model_clipping(optimizer_class, max_norm: float):
 
 class S2VNetTrainer(DefaultTrainer):
     def __init__(self, cfg):
-        super().__init__(cfg)
+        # Detectron2 v0.6 would build its fp16/CUDA-only AMPTrainer; ours replaces it below.
+        base = cfg.clone()
+        base.defrost()
+        base.SOLVER.AMP.ENABLED = False
+        base.freeze()
+        super().__init__(base)
+        self.cfg = cfg
         # Replace the checkpointer by the atomic one (same model, same checkpointables).
         # The trainer's state holds the iteration, the optimizer and (through the LRScheduler hook)
         # the scheduler, exactly as Detectron2's own checkpointer does it.
         self.checkpointer = AtomicCheckpointer(self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         if cfg.SOLVER.AMP.ENABLED:
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.SOLVER.AMP.DTYPE]
-            self._trainer = AutocastTrainer(self._trainer.model, self._trainer.data_loader, self._trainer.optimizer, dtype)
+            if autocast_supported(cfg.MODEL.DEVICE, dtype):
+                self._trainer = AutocastTrainer(self._trainer.model, self._trainer.data_loader, self._trainer.optimizer, dtype)
+            else:
+                logger.warning("SOLVER.AMP.DTYPE %s has no fast kernels on this %s: training in float32", cfg.SOLVER.AMP.DTYPE, cfg.MODEL.DEVICE)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -18,9 +18,10 @@ Design:
 * Each round adds one cluster centre per class clicked in it (eq. 7): the mean feature sampled at
   the class's clicks of the round, accumulated over its earlier rounds (eq. 8, ``BETA``), so that
   ``MAX_CLICKS_PER_CLASS`` (the paper's 20 centres per class) bounds the rounds per class. From
-  every slice the class was clicked on, the centre is propagated both ways through the volume
-  (with aggregation, eqs. 10-11) until its class is no longer predicted; all clicks of a round, of
-  any classes and on any slices, go through in one sweep.
+  every click it starts on the click's slice (with the click's position code, see
+  :class:`ClickEncoder`) and is propagated both ways through the volume (with aggregation, eqs.
+  10-11) until its class is no longer predicted; all clicks of a round, of any classes and on any
+  slices, go through in one sweep.
 * Class scores are fused over rounds by the maximum of mask score x class score (eq. 9), with the
   automatic prediction as round 0. A click of class c therefore only raises class c's scores: the
   other classes lose at most the voxels class c takes.
@@ -194,12 +195,13 @@ class InteractiveSession:
         features = model.click_encoder.sample(self.features["click_features"], slices, points, self.features["input_size"])
         updated = accumulate_round(self.sampled, [c.label for c in clicks], features, model.beta, model.adaptive_sampling)
         self.sampled.update(updated)
-        labels = sorted(updated)
+        # Each click starts its class's new centroid from its own slice, at its own position.
+        positions = model.click_encoder.normalized_positions(points, self.features["input_size"])
         with self.predictor.autocast():
-            centroids = dict(zip(labels, model.click_encoder(torch.stack([updated[label] for label in labels]))))
+            centroids = model.click_encoder(torch.stack([updated[c.label] for c in clicks]), positions)
         starts: Dict[int, List[Tuple[torch.Tensor, int, int]]] = {}
         for index, click in enumerate(clicks):
-            starts.setdefault(click.z, []).append((centroids[click.label], click.label, index))
+            starts.setdefault(click.z, []).append((centroids[index], click.label, index))
 
         scores: Dict[int, torch.Tensor] = {}
         for direction in (1, -1):

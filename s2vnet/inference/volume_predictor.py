@@ -125,17 +125,23 @@ class VolumePredictor:
         """Eq. 6 at inference: identities whose class is still predicted with probability >=
         PROPAGATION.SCORE_THRESHOLD continue; with ``spawn_new``, learnable queries confidently
         predicting a foreground class nobody tracks yet start new identities (one per class, the
-        most confident). Background and "no object" are never handed over by learnable queries."""
+        most confident). Background and "no object" are never handed over by learnable queries.
+
+        A centroid whose cluster is empty (no pixel with mask probability >= 0.5) is not handed
+        over, however confident its class: k-means drops empty clusters, and an empty centroid
+        carried on through slices without its organ would resurface as a false positive."""
         model = self.model
         threshold = model.handover_threshold
         num_learnable = model.decoder.num_queries
         probs = outputs["pred_logits"][0].float().softmax(-1)  # (Q, K+1)
+        non_empty = (outputs["pred_masks"][0] > 0).flatten(1).any(1)  # sigmoid >= 0.5 somewhere
         embeddings = outputs["query_embeddings"][0]
         slot = outputs["track_slot"]
         keep = []
         if len(tracks):
-            track_probs = probs[num_learnable + slot, tracks.labels]
-            keep = (track_probs >= threshold).nonzero().flatten().tolist()
+            rows_of_tracks = num_learnable + slot
+            alive = (probs[rows_of_tracks, tracks.labels] >= threshold) & non_empty[rows_of_tracks]
+            keep = alive.nonzero().flatten().tolist()
         rows = [num_learnable + int(slot[e]) for e in keep]
         labels = [int(tracks.labels[e]) for e in keep]
         keys = [tracks.keys[e] for e in keep] if tracks.keys else [None] * len(keep)
@@ -148,7 +154,7 @@ class VolumePredictor:
                 c = int(classes[q])
                 if best[q] < threshold:
                     break
-                if c in (background, no_object) or c in tracked:
+                if c in (background, no_object) or c in tracked or not non_empty[q]:
                     continue
                 tracked.add(c)
                 rows.append(q)

@@ -8,26 +8,35 @@ every round adds a new centroid of that class, and the rounds' predictions are f
 maximum of mask score x class score (eq. 9). The backbone features are the same in every round,
 so they are computed once per volume.
 """
-from typing import Dict, Hashable, List, Sequence, Tuple
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from s2vnet.modeling.point_sampling import point_sample
+from s2vnet.modeling.position_encoding import PositionEmbeddingSine
 from s2vnet.modeling.transformer_decoder.kmeans_decoder import MLP
 
 
 class ClickEncoder(nn.Module):
-    """Eq. 7: C_hat_k = FFN(O_k), O_k = Sample(F_{t_k}, P_k), with F the backbone features."""
+    """Eq. 7: C_hat_k = FFN(O_k), O_k = Sample(F_{t_k}, P_k), with F the backbone features.
 
-    def __init__(self, in_features: Sequence[str], in_channels: Dict[str, int], hidden_dim: int, d_model: int):
+    With ``use_position`` the FFN also sees the sine position code of the click (the code the
+    decoder's pixel values carry): the sampled feature says what the clicked structure looks
+    like, the code says where it is, which a small organ among look-alike tissue needs. The
+    position is not part of eq. 8's accumulation: each round's centroid takes the accumulated
+    appearance O_hat and the position of its own click.
+    """
+
+    def __init__(self, in_features: Sequence[str], in_channels: Dict[str, int], hidden_dim: int, d_model: int, use_position: bool = True):
         super().__init__()
         self.in_features = list(in_features)
-        total = sum(in_channels[name] for name in self.in_features)
+        self.feature_dim = sum(in_channels[name] for name in self.in_features)
         # Backbone levels differ in scale by orders of magnitude; normalising the concatenated sample
         # keeps the FFN's input well conditioned (and the eq. 8 sums comparable across rounds).
-        self.norm = nn.LayerNorm(total)
-        self.ffn = MLP(total, hidden_dim, d_model, 2)
+        self.norm = nn.LayerNorm(self.feature_dim)
+        self.position_encoding = PositionEmbeddingSine(d_model // 2) if use_position else None
+        self.ffn = MLP(self.feature_dim + (d_model if use_position else 0), hidden_dim, d_model, 2)
 
     def sample(
         self, features: Dict[str, torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, image_size: Tuple[int, int]
@@ -41,18 +50,29 @@ class ClickEncoder(nn.Module):
         Returns:
             (K, sum of channels), float32.
         """
-        height, width = image_size
         # Pixel centres in [0, 1], (x, y) order as point_sample wants.
-        coords = torch.stack([(points[:, 1].float() + 0.5) / width, (points[:, 0].float() + 0.5) / height], dim=-1)
+        coords = self.normalized_positions(points, image_size).flip(-1)
         samples = []
         for name in self.in_features:
             level = features[name][batch_index].float()  # (K, C, h, w)
             samples.append(point_sample(level, coords[:, None]).squeeze(-1))  # (K, C)
         return torch.cat(samples, dim=1)
 
-    def forward(self, sampled: torch.Tensor) -> torch.Tensor:
-        """Project sampled (or eq. 8-accumulated) features O to centroids (K, D)."""
-        return self.ffn(self.norm(sampled))
+    def forward(self, sampled: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Project sampled (or eq. 8-accumulated) features O (K, C) to centroids (K, D).
+
+        ``positions`` (K, 2): each click's (y, x) in [0, 1] of the image (needed with ``use_position``).
+        """
+        inputs = self.norm(sampled)
+        if self.position_encoding is not None:
+            inputs = torch.cat([inputs, self.position_encoding.encode_points(positions).to(inputs.dtype)], dim=1)
+        return self.ffn(inputs)
+
+    @staticmethod
+    def normalized_positions(points: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
+        """Pixel indices (K, 2) as (y, x) -> pixel centres in [0, 1] of an image of ``image_size``."""
+        height, width = image_size
+        return torch.stack([(points[:, 0].float() + 0.5) / height, (points[:, 1].float() + 0.5) / width], dim=-1)
 
 
 def adaptive_feature(new_feature: torch.Tensor, previous: torch.Tensor, beta: float) -> torch.Tensor:

@@ -115,6 +115,7 @@ class S2VNet(nn.Module):
             {name: shape.channels for name, shape in backbone_shape.items()},
             s2v.INTERACTION.HIDDEN_DIM,
             mf.HIDDEN_DIM,
+            use_position=s2v.INTERACTION.CLICK_POSITION,
         )
         aggregator = None
         if s2v.AGGREGATION.ENABLED:
@@ -330,14 +331,16 @@ class S2VNet(nn.Module):
         for b in range(batch):
             present = [int(c) for c in targets[b].labels.tolist() if c != 0]
             chosen.append([c for c in present if self.rng.random() < self.click_prob])
-        # sampled[(b, class)] = eq. 8's O_hat of that identity, with grad through the backbone.
+        # sampled[(b, class)] = eq. 8's O_hat of that identity, with grad through the backbone;
+        # where[(b, class)] = the position of its latest click (its centroid's location).
         sampled: Dict[Tuple[int, int], torch.Tensor] = {}
+        where: Dict[Tuple[int, int], torch.Tensor] = {}
         num_rounds = int(self.rng.integers(1, self.train_max_rounds + 1)) if any(chosen) else 0
         for round_index in range(num_rounds):
             if round_index == 0:
                 clicks = [initial_clicks(labels_np[b], chosen[b], rng=self.rng, jitter_fraction=self.click_jitter, ignore_label=self.ignore_label) for b in range(batch)]
             else:
-                predicted = self.predict_slice_labels(features, self.tracks_from_sampled(sampled))
+                predicted = self.predict_slice_labels(features, self.tracks_from_sampled(sampled, where))
                 identities = [sorted({c for (bb, c) in sampled if bb == b}) for b in range(batch)]
                 clicks = [
                     corrective_clicks(labels_np[b], predicted[b], identities[b], rng=self.rng, jitter_fraction=self.click_jitter, ignore_label=self.ignore_label)
@@ -351,17 +354,21 @@ class S2VNet(nn.Module):
             new_features = self.click_encoder.sample(features["click_features"], batch_index, points, features["input_size"])
             keys = [(b, click.label) for b, click in flat]
             sampled.update(accumulate_round(sampled, keys, new_features, self.beta, self.adaptive_sampling))
-        return self.tracks_from_sampled(sampled)
+            positions = self.click_encoder.normalized_positions(points, features["input_size"])
+            where.update(zip(keys, positions))
+        return self.tracks_from_sampled(sampled, where)
 
-    def tracks_from_sampled(self, sampled: Dict[Tuple[int, int], torch.Tensor]) -> Tracks:
+    def tracks_from_sampled(self, sampled: Dict[Tuple[int, int], torch.Tensor], where: Dict[Tuple[int, int], torch.Tensor]) -> Tracks:
         keys = sorted(sampled)
         if keys:
             stacked = torch.stack([sampled[k] for k in keys])
+            positions = torch.stack([where[k] for k in keys])
         else:
-            stacked = torch.zeros(0, self.click_encoder.norm.normalized_shape[0], device=self.device)
+            stacked = torch.zeros(0, self.click_encoder.feature_dim, device=self.device)
+            positions = torch.zeros(0, 2, device=self.device)
         memory = None if self.aggregator is None else self.aggregator.initial(len(keys))
         return Tracks(
-            queries=self.click_encoder(stacked),
+            queries=self.click_encoder(stacked, positions),
             labels=torch.tensor([c for _, c in keys], dtype=torch.int64, device=self.device),
             batch_index=torch.tensor([b for b, _ in keys], dtype=torch.int64, device=self.device),
             memory=memory,

@@ -33,6 +33,18 @@ class PositionEmbeddingSine(nn.Module):
                 self._cache[key] = self._encode(height, width, x.device).to(x.dtype)
         return self._cache[key][None].expand(batch, -1, -1, -1)
 
+    def encode_points(self, points: torch.Tensor) -> torch.Tensor:
+        """Codes of points (K, 2) given as (y, x) in [0, 1] of the image: (K, 2 * num_pos_feats),
+        on the same scale as the map codes (a map pixel's code is that of its position)."""
+        scale = 2 * math.pi
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=points.device)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
+        pos_y = points[:, 0:1].float() * scale / dim_t
+        pos_x = points[:, 1:2].float() * scale / dim_t
+        pos_y = torch.stack((pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()), dim=-1).flatten(1)
+        pos_x = torch.stack((pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()), dim=-1).flatten(1)
+        return torch.cat((pos_y, pos_x), dim=-1)
+
     def _encode(self, height: int, width: int, device) -> torch.Tensor:
         eps, scale = 1e-6, 2 * math.pi
         y_embed = torch.arange(1, height + 1, dtype=torch.float32, device=device)
