@@ -22,6 +22,8 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.DATASETS.NNUNET = []  # extra nnU-Net v2 raw data sets to register, each "name=/path/to/DatasetXXX_Name"
     cfg.DATASETS.NNUNET_VAL_FRACTION = 0.0  # fraction of an nnU-Net data set's imagesTr held out as "<name>_val"
     cfg.DATASETS.CACHE_DIR = "datasets/cache"  # prepared slice cache written by datasets/prepare.py
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False  # clips are square crops: no grouping by aspect ratio
+    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False  # volumes have no instance annotations to filter by
 
     # ---------------------------------------------------------------- training input (clips, LSJ)
     cfg.INPUT.DATASET_MAPPER_NAME = "s2vnet_clip"  # mapper that yields clips of ordered slices

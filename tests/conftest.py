@@ -107,6 +107,7 @@ def phantom_root(tmp_path_factory) -> Path:
 def phantom_config(phantom_root: Path, cache_dir: Path, name: str = "phantomtest", **overrides):
     """The tiny model config pointed at ``phantom_root`` (registered as ``name``)."""
     cfg = tiny_config(num_classes=8, **overrides)
+    cfg.DATASETS.ROOT = ""  # only the phantom: keep WORD/BTCV/AMOS names free for the registration tests
     cfg.DATASETS.NNUNET = [f"{name}={phantom_root}"]
     cfg.DATASETS.TRAIN = (f"{name}_train",)
     cfg.DATASETS.TEST = (f"{name}_test",)

@@ -25,6 +25,7 @@ from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.solver.build import maybe_add_gradient_clipping
 
+import s2vnet.modeling  # noqa: F401  (registers the S2VNet meta architecture for build_model)
 from s2vnet.data.clip_mapper import ClipDatasetMapper, check_prepared
 from s2vnet.utils.atomic import atomic_path
 from s2vnet.utils.errors import InputError

@@ -210,7 +210,13 @@ class InteractiveSession:
 
     def _sweep(self, starts: Dict[int, List[Tuple[torch.Tensor, int, int]]], direction: int, scores: Dict[int, torch.Tensor]) -> None:
         """Propagate the round's centroids from their slices in one direction, decoding each slice
-        once for all live centroids; stop when none is alive and none starts further on."""
+        once for all live centroids; stop when none is alive and none starts further on.
+
+        The slices are decoded as in training and in automatic mode: besides the click centroids,
+        the learnable queries start identities for the classes nobody carries and these are handed
+        over too (a click centroid takes over its class's identity). Only the click centroids'
+        scores are recorded; the others are context, as the automatic pass already scored them.
+        """
         depth = self.volume.shape[0]
         ordered_starts = sorted(starts, reverse=direction < 0)
         z = ordered_starts[0]
@@ -219,21 +225,25 @@ class InteractiveSession:
         model = self.model
         while 0 <= z < depth:
             if z in starts:
-                tracks = Tracks.cat([tracks, self._new_tracks(starts[z])])
-            if not len(tracks):
+                clicked = {label for _, label, _ in starts[z]}
+                keep = [e for e, label in enumerate(tracks.labels.tolist()) if label not in clicked or tracks.keys[e] is not None]
+                tracks = Tracks.cat([tracks.select(torch.tensor(keep, dtype=torch.long)), self._new_tracks(starts[z])])
+            clicks_alive = [e for e, key in enumerate(tracks.keys) if key is not None]
+            if not clicks_alive:
                 if (z - last_start) * direction >= 0:
                     break
+                tracks = self.predictor.empty_tracks()  # nothing of this round to carry until the next click slice
                 z += direction
                 continue
             outputs = self.predictor.decode_slice(self.features_of(z), tracks)
-            slot = outputs["track_slot"]
-            rows = model.decoder.num_queries + slot
-            track_scores = identity_score(outputs["pred_logits"][0, rows], outputs["pred_masks"][0, rows], tracks.labels)
-            for e, label in enumerate(tracks.labels.tolist()):
+            rows = model.decoder.num_queries + outputs["track_slot"][clicks_alive]
+            labels = tracks.labels[clicks_alive]
+            track_scores = identity_score(outputs["pred_logits"][0, rows], outputs["pred_masks"][0, rows], labels)
+            for e, label in enumerate(labels.tolist()):
                 if label not in scores:
                     scores[label] = torch.zeros((depth,) + tuple(track_scores.shape[-2:]), dtype=torch.float16, device=track_scores.device)
                 scores[label][z] = torch.maximum(scores[label][z], track_scores[e].to(torch.float16))
-            tracks = self.predictor.continue_tracks(outputs, tracks, spawn_new=False) if model.propagation else self.predictor.empty_tracks()
+            tracks = self.predictor.continue_tracks(outputs, tracks, spawn_new=True) if model.propagation else self.predictor.empty_tracks()
             z += direction
 
     def _new_tracks(self, entries: List[Tuple[torch.Tensor, int, int]]) -> Tracks:

@@ -144,7 +144,7 @@ class VolumePredictor:
             keep = alive.nonzero().flatten().tolist()
         rows = [num_learnable + int(slot[e]) for e in keep]
         labels = [int(tracks.labels[e]) for e in keep]
-        keys = [tracks.keys[e] for e in keep] if tracks.keys else [None] * len(keep)
+        keys = [tracks.keys[e] for e in keep]
         num_new = 0
         if spawn_new:
             background, no_object = 0, probs.shape[1] - 1

@@ -34,7 +34,8 @@ class Tracks:
         labels: (E,) the class each centroid stands for (its identity).
         batch_index: (E,) which batch element (clip) each belongs to.
         memory: (E, M, D) aggregation memory H, or None when aggregation is off.
-        keys: one hashable key per track for the caller's bookkeeping (e.g. the click round).
+        keys: one key per track for the caller's bookkeeping (e.g. which click started it; None
+            for identities the learnable queries started).
     """
 
     queries: torch.Tensor
@@ -42,6 +43,10 @@ class Tracks:
     batch_index: torch.Tensor
     memory: Optional[torch.Tensor] = None
     keys: List[object] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self):  # one key per track, None where the caller keeps none
+            self.keys = list(self.keys) + [None] * (len(self) - len(self.keys))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -57,21 +62,19 @@ class Tracks:
         )
 
     def select(self, index: torch.Tensor) -> "Tracks":
-        keys = [self.keys[i] for i in index.tolist()] if self.keys else []
         memory = None if self.memory is None else self.memory[index]
-        return Tracks(self.queries[index], self.labels[index], self.batch_index[index], memory, keys)
+        return Tracks(self.queries[index], self.labels[index], self.batch_index[index], memory, [self.keys[i] for i in index.tolist()])
 
     @staticmethod
     def cat(parts: List["Tracks"]) -> "Tracks":
         parts = [p for p in parts if p is not None]
         memory = None if parts[0].memory is None else torch.cat([p.memory for p in parts])
-        keys = [k for p in parts for k in (p.keys or [None] * len(p))]
         return Tracks(
             torch.cat([p.queries for p in parts]),
             torch.cat([p.labels for p in parts]),
             torch.cat([p.batch_index for p in parts]),
             memory,
-            keys if any(k is not None for k in keys) else [],
+            [k for p in parts for k in p.keys],
         )
 
     def padded(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,6 +154,6 @@ def hand_over(
         centroids = centroids.detach()
         memory = None if memory is None else memory.detach()
     if aggregator is None:
-        return Tracks(centroids, labels, batch_index, None, keys or [])
+        return Tracks(centroids, labels, batch_index, None, list(keys or []))
     next_queries, next_memory = aggregator(centroids, memory)
-    return Tracks(next_queries, labels, batch_index, next_memory, keys or [])
+    return Tracks(next_queries, labels, batch_index, next_memory, list(keys or []))
