@@ -87,6 +87,7 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0  # candidate points per sampled point (importance sampling)
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75  # share of points taken where the prediction is uncertain
     cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32  # slices are zero-padded to a multiple of this
+    cfg.MODEL.MASK_FORMER.MASK_POSITION = True  # mask features carry a learned sine position code (clicks can claim their region)
 
     # ---------------------------------------------------------------- S2VNet (the paper's additions)
     cfg.MODEL.S2VNET = CN()
@@ -110,6 +111,7 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.MODEL.S2VNET.INTERACTION.ADAPTIVE_SAMPLING = True  # eq. 8 (False: each round uses only its own click)
     cfg.MODEL.S2VNET.INTERACTION.BETA = 0.8  # eq. 8: weight of earlier rounds' features (§3.3)
     cfg.MODEL.S2VNET.INTERACTION.MAX_CLICKS_PER_CLASS = 20  # cluster centres reserved per class for clicks (§3.3)
+    cfg.MODEL.S2VNET.INTERACTION.CLICK_LOSS_WEIGHT = 5.0  # training: weight of the BCE of each click centroid's mask at its own click
     cfg.MODEL.S2VNET.TEST = CN()
     cfg.MODEL.S2VNET.TEST.SLICE_BATCH_SIZE = 16  # slices encoded per backbone + pixel-decoder batch
     cfg.MODEL.S2VNET.TEST.AMP_DTYPE = "bfloat16"  # autocast dtype on GPU ("bfloat16", "float16" or "float32")

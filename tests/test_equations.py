@@ -162,14 +162,14 @@ def test_tracks_padding_keeps_order_and_gradient():
 
 
 def test_click_encoder_samples_bilinearly_at_the_pixel_centre():
-    encoder = ClickEncoder(["res2"], {"res2": 1}, hidden_dim=4, d_model=2, use_position=False)
+    encoder = ClickEncoder(["res2"], {"res2": 1}, hidden_dim=4, d_model=2, num_classes=3, use_position=False)
     feature = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])  # the stride-4 map of an 8x8 input
     centre = encoder.sample({"res2": feature}, torch.tensor([0]), torch.tensor([[4, 4]]), (8, 8))
     # Input pixel (4, 4) has centre 4.5/8 = 0.5625 -> feature coordinate 0.5625*2 - 0.5 = 0.625 in both axes.
     w = 0.625
     expected = (1 - w) * (1 - w) * 1 + (1 - w) * w * 3 + w * (1 - w) * 5 + w * w * 7
     assert centre.item() == pytest.approx(expected, abs=1e-6)
-    assert encoder(centre).shape == (1, 2)
+    assert encoder(centre, torch.tensor([1])).shape == (1, 2)
 
 
 def test_click_position_code_matches_the_map_code():
@@ -179,7 +179,35 @@ def test_click_position_code_matches_the_map_code():
     code_map = encoding(torch.zeros(1, 1, 16, 16))[0]  # the code of map pixel (i, j) is at ((i + 1) / 16)
     point = encoding.encode_points(torch.tensor([[5 / 16, 11 / 16]]))[0]
     assert torch.allclose(point, code_map[:, 4, 10], atol=1e-4)
-    encoder = ClickEncoder(["res2"], {"res2": 3}, hidden_dim=8, d_model=16, use_position=True)
+    encoder = ClickEncoder(["res2"], {"res2": 3}, hidden_dim=8, d_model=16, num_classes=3, use_position=True)
     features = torch.randn(2, 3)
-    near, far = encoder(features[:1], torch.tensor([[0.2, 0.2]])), encoder(features[:1], torch.tensor([[0.8, 0.7]]))
+    label = torch.tensor([1])
+    near, far = encoder(features[:1], label, torch.tensor([[0.2, 0.2]])), encoder(features[:1], label, torch.tensor([[0.8, 0.7]]))
     assert not torch.allclose(near, far)  # the centroid knows where the click was
+
+
+def test_click_centroid_knows_its_class():
+    """The same pixel clicked as two classes gives two centroids that differ by exactly the
+    difference of the two classes' reserved-centre embeddings (eq. 7 + class reservation, §3.3)."""
+    encoder = ClickEncoder(["res2"], {"res2": 3}, hidden_dim=8, d_model=16, num_classes=3, use_position=True)
+    feature, position = torch.randn(1, 3), torch.tensor([[0.4, 0.6]])
+    as_organ = encoder(feature, torch.tensor([2]), position)
+    as_background = encoder(feature, torch.tensor([0]), position)
+    expected = encoder.class_embed.weight[2] - encoder.class_embed.weight[0]
+    assert torch.allclose(as_organ - as_background, expected[None], atol=1e-6)
+    assert not torch.allclose(as_organ, as_background)
+
+
+def test_click_point_loss_is_the_bce_of_each_centroids_mask_at_its_own_click():
+    from s2vnet.modeling.criterion import click_point_loss
+
+    masks = torch.zeros(2, 3, 2, 2)
+    masks[0, 2, 0, 1] = 2.0  # clip 0, query row 2: logit 2 at pixel (y=0, x=1)
+    masks[1, 1, 1, 0] = -1.0  # clip 1, query row 1: logit -1 at pixel (y=1, x=0)
+    batch_index, rows = torch.tensor([0, 1]), torch.tensor([2, 1])
+    positions = torch.tensor([[0.25, 0.75], [0.75, 0.25]])  # the centres of those pixels, (y, x)
+    loss = click_point_loss(masks, batch_index, rows, positions)
+    expected = (torch.nn.functional.softplus(torch.tensor(-2.0)) + torch.nn.functional.softplus(torch.tensor(1.0))) / 2
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    empty = click_point_loss(masks.requires_grad_(), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, 2))
+    assert empty.item() == 0.0 and empty.requires_grad  # stays in the graph (DDP)

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="ablation_output")
     parser.add_argument("--config-file", default="configs/phantom/s2vnet_phantom.yaml")
-    parser.add_argument("--iters", type=int, default=1200, help="training iterations of every model")
+    parser.add_argument("--iters", type=int, default=1800, help="training iterations of every model (the demo's budget)")
     parser.add_argument("--rounds", type=int, default=5, help="click rounds of the interactive rows")
     parser.add_argument("--num-train", type=int, default=24)
     parser.add_argument("--num-test", type=int, default=6)

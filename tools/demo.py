@@ -30,8 +30,8 @@ from s2vnet.utils.logging import setup_cli_logging
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("s2vnet.demo")
 
-FULL = {"train": 24, "test": 6, "shape": (64, 128, 128), "iters": 1200, "rounds": 5}
-QUICK = {"train": 4, "test": 2, "shape": (24, 64, 64), "iters": 30, "rounds": 2}
+FULL = {"train": 24, "test": 6, "shape": (64, 128, 128), "iters": 1800, "rounds": 5}
+QUICK = {"train": 6, "test": 2, "shape": (32, 64, 64), "iters": 100, "rounds": 2}
 
 
 def run(step: str, command, log_file: Path) -> None:
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke run")
     parser.add_argument("--output", default="demo_output", help="output folder")
     parser.add_argument("--config-file", default="configs/phantom/s2vnet_phantom.yaml")
-    parser.add_argument("--iters", type=int, help="training iterations (default 1200, quick 30)")
+    parser.add_argument("--iters", type=int, help="training iterations (default 1800, quick 100)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
     setup_cli_logging()

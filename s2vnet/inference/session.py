@@ -42,7 +42,7 @@ from s2vnet.data.intensity import normalize_intensity
 from s2vnet.data.volume_io import Volume, VolumeGeometry, original_to_canonical_index
 from s2vnet.inference.volume_predictor import VolumePredictor, _check_volume
 from s2vnet.modeling.interaction import accumulate_round, identity_score
-from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels
+from s2vnet.modeling.postprocess import scores_to_labels
 from s2vnet.modeling.propagation import Tracks
 from s2vnet.utils.errors import InputError
 
@@ -198,7 +198,8 @@ class InteractiveSession:
         # Each click starts its class's new centroid from its own slice, at its own position.
         positions = model.click_encoder.normalized_positions(points, self.features["input_size"])
         with self.predictor.autocast():
-            centroids = model.click_encoder(torch.stack([updated[c.label] for c in clicks]), positions)
+            labels = torch.tensor([c.label for c in clicks], device=model.device)
+            centroids = model.click_encoder(torch.stack([updated[c.label] for c in clicks]), labels, positions)
         starts: Dict[int, List[Tuple[torch.Tensor, int, int]]] = {}
         for index, click in enumerate(clicks):
             starts.setdefault(click.z, []).append((centroids[index], click.label, index))

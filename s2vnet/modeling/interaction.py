@@ -19,7 +19,17 @@ from s2vnet.modeling.transformer_decoder.kmeans_decoder import MLP
 
 
 class ClickEncoder(nn.Module):
-    """Eq. 7: C_hat_k = FFN(O_k), O_k = Sample(F_{t_k}, P_k), with F the backbone features.
+    """Eq. 7: C_hat_k = FFN(O_k) + E_c, O_k = Sample(F_{t_k}, P_k), with F the backbone features.
+
+    E_c is a learned embedding of the clicked class c. The paper reserves cluster centres per
+    class ("20 cluster centers for each semantic class, with each click serving as the trigger
+    to initialize one of them", §3.3), so a click initialises a centre *of its class*: the
+    centre knows which class it stands for, not only what the clicked pixel looks like. Without
+    it a corrective click could not work: a false positive looks like the organ the model took it
+    for, and a centroid made from its appearance alone decodes as that organ again, not as the
+    background the user clicked. The class is shared by all of its reserved centres (one
+    embedding per class, not per slot), so centres of late rounds, rarely seen in training, are
+    as well trained as the first.
 
     With ``use_position`` the FFN also sees the sine position code of the click (the code the
     decoder's pixel values carry): the sampled feature says what the clicked structure looks
@@ -28,7 +38,15 @@ class ClickEncoder(nn.Module):
     appearance O_hat and the position of its own click.
     """
 
-    def __init__(self, in_features: Sequence[str], in_channels: Dict[str, int], hidden_dim: int, d_model: int, use_position: bool = True):
+    def __init__(
+        self,
+        in_features: Sequence[str],
+        in_channels: Dict[str, int],
+        hidden_dim: int,
+        d_model: int,
+        num_classes: int,
+        use_position: bool = True,
+    ):
         super().__init__()
         self.in_features = list(in_features)
         self.feature_dim = sum(in_channels[name] for name in self.in_features)
@@ -37,6 +55,7 @@ class ClickEncoder(nn.Module):
         self.norm = nn.LayerNorm(self.feature_dim)
         self.position_encoding = PositionEmbeddingSine(d_model // 2) if use_position else None
         self.ffn = MLP(self.feature_dim + (d_model if use_position else 0), hidden_dim, d_model, 2)
+        self.class_embed = nn.Embedding(num_classes, d_model)
 
     def sample(
         self, features: Dict[str, torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, image_size: Tuple[int, int]
@@ -58,15 +77,17 @@ class ClickEncoder(nn.Module):
             samples.append(point_sample(level, coords[:, None]).squeeze(-1))  # (K, C)
         return torch.cat(samples, dim=1)
 
-    def forward(self, sampled: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Project sampled (or eq. 8-accumulated) features O (K, C) to centroids (K, D).
+    def forward(self, sampled: torch.Tensor, labels: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Project sampled (or eq. 8-accumulated) features O (K, C) of clicks of class ``labels``
+        (K,) to centroids (K, D).
 
         ``positions`` (K, 2): each click's (y, x) in [0, 1] of the image (needed with ``use_position``).
         """
         inputs = self.norm(sampled)
         if self.position_encoding is not None:
             inputs = torch.cat([inputs, self.position_encoding.encode_points(positions).to(inputs.dtype)], dim=1)
-        return self.ffn(inputs)
+        centroids = self.ffn(inputs)
+        return centroids + self.class_embed(labels).to(centroids.dtype)
 
     @staticmethod
     def normalized_positions(points: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:

@@ -28,8 +28,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from torch import nn
 
 from s2vnet.data.clicks import corrective_clicks, initial_clicks
-from s2vnet.modeling.criterion import SetCriterion, SliceTargets
-from s2vnet.modeling.interaction import ClickEncoder, accumulate_round
+from s2vnet.modeling.criterion import SetCriterion, SliceTargets, click_point_loss
+from s2vnet.modeling.interaction import ClickEncoder, accumulate_round, identity_score
 from s2vnet.modeling.matcher import HungarianMatcher
 from s2vnet.modeling.pixel_decoder.msdeformattn import build_pixel_decoder
 from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels, upsample_scores
@@ -65,6 +65,7 @@ class S2VNet(nn.Module):
         adaptive_sampling: bool,
         beta: float,
         max_clicks_per_class: int,
+        click_loss_weight: float = 5.0,
         deep_supervision: bool = True,
     ):
         super().__init__()
@@ -86,6 +87,7 @@ class S2VNet(nn.Module):
         self.adaptive_sampling = adaptive_sampling
         self.beta = beta
         self.max_clicks_per_class = max_clicks_per_class
+        self.click_loss_weight = click_loss_weight
         self.deep_supervision = deep_supervision
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
@@ -115,6 +117,7 @@ class S2VNet(nn.Module):
             {name: shape.channels for name, shape in backbone_shape.items()},
             s2v.INTERACTION.HIDDEN_DIM,
             mf.HIDDEN_DIM,
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             use_position=s2v.INTERACTION.CLICK_POSITION,
         )
         aggregator = None
@@ -143,6 +146,7 @@ class S2VNet(nn.Module):
             "adaptive_sampling": s2v.INTERACTION.ADAPTIVE_SAMPLING,
             "beta": s2v.INTERACTION.BETA,
             "max_clicks_per_class": s2v.INTERACTION.MAX_CLICKS_PER_CLASS,
+            "click_loss_weight": s2v.INTERACTION.CLICK_LOSS_WEIGHT,
             "deep_supervision": mf.DEEP_SUPERVISION,
         }
         return model_kwargs
@@ -248,7 +252,7 @@ class S2VNet(nn.Module):
         targets = [
             [self.slice_targets(batched_inputs[b]["instances"][t], labels[b, t]) for b in range(batch)] for t in range(num_slices)
         ]
-        tracks = self.click_tracks(features_of(0), labels[:, 0], targets[0])
+        tracks, click_positions = self.click_tracks(features_of(0), labels[:, 0], targets[0])
         losses: Dict[str, torch.Tensor] = {}
         for t in range(num_slices):
             for b, target in enumerate(targets[t]):
@@ -260,6 +264,8 @@ class S2VNet(nn.Module):
                 )
             outputs = self.decode(features_of(t), tracks)
             slice_losses, matches = self.criterion(outputs, targets[t])
+            if t == 0:
+                slice_losses.update(self.click_losses(outputs, tracks, click_positions))
             for name, value in slice_losses.items():
                 losses[name] = losses.get(name, 0.0) + value / num_slices
             if t + 1 < num_slices:
@@ -267,6 +273,16 @@ class S2VNet(nn.Module):
                     self.decoder.query_feat.weight.shape[1], self.device
                 )
         return losses
+
+    def click_losses(self, outputs, tracks: Tracks, positions: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``loss_click`` (and ``loss_click_<i>`` per auxiliary layer, deep supervision): each
+        click centroid's mask must cover its own click, on the clicked slice (:func:`click_point_loss`)."""
+        rows = self.decoder.num_queries + outputs["track_slot"]
+        layers = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs["aux_outputs"])]
+        return {
+            f"loss_click{suffix}": self.click_loss_weight * click_point_loss(layer["pred_masks"], tracks.batch_index, rows, positions)
+            for suffix, layer in layers
+        }
 
     def slice_targets(self, instances, label_slice: torch.Tensor) -> SliceTargets:
         """Segments of one slice from the mapper's per-class masks (background included); pixels
@@ -316,14 +332,19 @@ class S2VNet(nn.Module):
         return hand_over(centroids, labels, batch_index, memory, self.aggregator, self.detach_handover)
 
     # ------------------------------------------------------------------ simulated clicks (§3.3)
-    def click_tracks(self, features, label_slices: torch.Tensor, targets: List[SliceTargets]) -> Tracks:
-        """Click-initialised identities on the first slice of each clip (eqs. 7-8).
+    def click_tracks(self, features, label_slices: torch.Tensor, targets: List[SliceTargets]) -> Tuple[Tracks, torch.Tensor]:
+        """Click-initialised identities on the first slice of each clip (eqs. 7-8), and the
+        position (E, 2), (y, x) in [0, 1] of the input, of each one's latest click.
 
         Each foreground class present on the slice is clicked with probability ``CLICK_PROB``.
         The first click sits deep inside the class's largest region (jittered); up to
         ``TRAIN_MAX_ROUNDS - 1`` corrective rounds follow, each against a no-grad prediction of the
-        current state, with eq. 8's accumulation per class. The click encoder always runs (on zero
-        clicks when there are none), so every parameter gets a gradient in every step.
+        current state, with eq. 8's accumulation per class. As in evaluation, a corrective round
+        clicks the largest error of *every* class on the slice, so the model also learns negative
+        clicks on false positives of organs absent from the slice; the learnable queries still
+        learn every segment (non-exclusive matching), so this takes nothing from automatic
+        training. The click encoder always runs (on zero clicks when there are none), so every
+        parameter gets a gradient in every step.
         """
         batch = label_slices.shape[0]
         labels_np = label_slices.cpu().numpy()
@@ -335,15 +356,16 @@ class S2VNet(nn.Module):
         # where[(b, class)] = the position of its latest click (its centroid's location).
         sampled: Dict[Tuple[int, int], torch.Tensor] = {}
         where: Dict[Tuple[int, int], torch.Tensor] = {}
+        foreground = list(range(1, self.num_classes))
         num_rounds = int(self.rng.integers(1, self.train_max_rounds + 1)) if any(chosen) else 0
         for round_index in range(num_rounds):
             if round_index == 0:
                 clicks = [initial_clicks(labels_np[b], chosen[b], rng=self.rng, jitter_fraction=self.click_jitter, ignore_label=self.ignore_label) for b in range(batch)]
             else:
                 predicted = self.predict_slice_labels(features, self.tracks_from_sampled(sampled, where))
-                identities = [sorted({c for (bb, c) in sampled if bb == b}) for b in range(batch)]
                 clicks = [
-                    corrective_clicks(labels_np[b], predicted[b], identities[b], rng=self.rng, jitter_fraction=self.click_jitter, ignore_label=self.ignore_label)
+                    corrective_clicks(labels_np[b], predicted[b], foreground, rng=self.rng, jitter_fraction=self.click_jitter, ignore_label=self.ignore_label)
+                    if chosen[b] else []
                     for b in range(batch)
                 ]
             flat = [(b, click) for b in range(batch) for click in clicks[b]]
@@ -356,7 +378,9 @@ class S2VNet(nn.Module):
             sampled.update(accumulate_round(sampled, keys, new_features, self.beta, self.adaptive_sampling))
             positions = self.click_encoder.normalized_positions(points, features["input_size"])
             where.update(zip(keys, positions))
-        return self.tracks_from_sampled(sampled, where)
+        keys = sorted(where)  # the order of tracks_from_sampled
+        positions = torch.stack([where[k] for k in keys]) if keys else torch.zeros(0, 2, device=self.device)
+        return self.tracks_from_sampled(sampled, where), positions
 
     def tracks_from_sampled(self, sampled: Dict[Tuple[int, int], torch.Tensor], where: Dict[Tuple[int, int], torch.Tensor]) -> Tracks:
         keys = sorted(sampled)
@@ -367,16 +391,19 @@ class S2VNet(nn.Module):
             stacked = torch.zeros(0, self.click_encoder.feature_dim, device=self.device)
             positions = torch.zeros(0, 2, device=self.device)
         memory = None if self.aggregator is None else self.aggregator.initial(len(keys))
+        labels = torch.tensor([c for _, c in keys], dtype=torch.int64, device=self.device)
         return Tracks(
-            queries=self.click_encoder(stacked, positions),
-            labels=torch.tensor([c for _, c in keys], dtype=torch.int64, device=self.device),
+            queries=self.click_encoder(stacked, labels, positions),
+            labels=labels,
             batch_index=torch.tensor([b for b, _ in keys], dtype=torch.int64, device=self.device),
             memory=memory,
         )
 
     @torch.no_grad()
     def predict_slice_labels(self, features, tracks: Tracks) -> np.ndarray:
-        """Label maps (B, H, W) the simulated user sees, at the input resolution (no grad)."""
+        """Label maps (B, H, W) the simulated user sees, at the input resolution (no grad), made
+        as an interactive session makes them: the learnable queries are the automatic pass (round
+        0), the click tracks the current round, fused by eq. 9."""
         detached = {
             "mask_features": features["mask_features"].detach(),
             "multi_scale_features": [f.detach() for f in features["multi_scale_features"]],
@@ -385,8 +412,12 @@ class S2VNet(nn.Module):
         }
         detached_tracks = Tracks(tracks.queries.detach(), tracks.labels, tracks.batch_index, None)
         outputs = self.decode(detached, detached_tracks, all_layer_masks=False)
-        valid = ~outputs["query_padding_mask"]
-        scores = torch.stack(
-            [class_score_maps(outputs["pred_logits"][b], outputs["pred_masks"][b], valid[b]) for b in range(valid.shape[0])]
-        )
-        return scores_to_labels(upsample_scores(scores, features["input_size"])).cpu().numpy()
+        logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+        num_learnable = self.decoder.num_queries
+        fused = torch.stack([class_score_maps(logits[b, :num_learnable], masks[b, :num_learnable]) for b in range(logits.shape[0])])
+        rows = num_learnable + outputs["track_slot"]
+        track_scores = identity_score(logits[tracks.batch_index, rows], masks[tracks.batch_index, rows], tracks.labels)
+        for e in range(len(tracks)):
+            b, c = int(tracks.batch_index[e]), int(tracks.labels[e])
+            fused[b, c] = torch.maximum(fused[b, c], track_scores[e])
+        return scores_to_labels(upsample_scores(fused, features["input_size"])).cpu().numpy()

@@ -1,8 +1,9 @@
 """Sine positional encoding of a feature map (DETR / Mask2Former).
 
 The paper keeps the positional encoding of the transformer "to help capture the location of
-diseases" (§3.3). Positions are normalised to [0, 2*pi] over the map, so the code of a pixel does
-not depend on the resolution of the level it sits on.
+diseases" (§3.3). Positions are normalised to [0, scale] over the map (scale = 2*pi by default, so the fastest
+sinusoid makes one period across the map), so the code of a pixel does not depend on the
+resolution of the level it sits on.
 """
 import math
 
@@ -11,10 +12,11 @@ from torch import nn
 
 
 class PositionEmbeddingSine(nn.Module):
-    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0):
+    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, scale: float = 2 * math.pi):
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
+        self.scale = scale
         # The code depends only on the map's size: computed once per (size, device, dtype). The
         # decoder asks for it on every slice of every volume.
         self._cache = {}
@@ -36,7 +38,7 @@ class PositionEmbeddingSine(nn.Module):
     def encode_points(self, points: torch.Tensor) -> torch.Tensor:
         """Codes of points (K, 2) given as (y, x) in [0, 1] of the image: (K, 2 * num_pos_feats),
         on the same scale as the map codes (a map pixel's code is that of its position)."""
-        scale = 2 * math.pi
+        scale = self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=points.device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         pos_y = points[:, 0:1].float() * scale / dim_t
@@ -46,7 +48,7 @@ class PositionEmbeddingSine(nn.Module):
         return torch.cat((pos_y, pos_x), dim=-1)
 
     def _encode(self, height: int, width: int, device) -> torch.Tensor:
-        eps, scale = 1e-6, 2 * math.pi
+        eps, scale = 1e-6, self.scale
         y_embed = torch.arange(1, height + 1, dtype=torch.float32, device=device)
         x_embed = torch.arange(1, width + 1, dtype=torch.float32, device=device)
         y_embed = (y_embed / (height + eps) * scale)[:, None].expand(height, width)

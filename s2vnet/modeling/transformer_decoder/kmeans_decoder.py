@@ -7,11 +7,19 @@ self-attention among all queries, and an FFN. Class and mask predictions are mad
 layer and after every layer (deep supervision); the mask logits also drive the next layer's
 k-means assignment.
 
+With ``mask_position`` the mask features carry a learned projection of a sine position code
+(zero-initialised, so training starts from Mask2Former's masks). A mask logit is a dot product
+with the mask features; with the code in them a query can also say *where* its pixels are, which
+is what lets a click centroid (made from the click's feature and position code, eq. 7) claim the
+region around the click, and lets any centroid keep an organ on its side of the body. The code's
+fastest sinusoid has 16 periods across the map (a few mask cells), its slowest spans the slice.
+
 Extra queries have no learned position embedding of their own (their number varies); they share
 one learned embedding, so self-attention can tell them from the learnable queries. Batches with
 different numbers of extra queries per sample are padded; padded queries are masked out of the
 assignment and of self-attention.
 """
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -87,6 +95,7 @@ class KMeansTransformerDecoder(nn.Module):
         pre_norm: bool,
         dropout: float = 0.0,
         num_feature_levels: int = 3,
+        mask_position: bool = False,
     ):
         """num_classes counts background (label 0); the classifier has one more output, "no object"."""
         super().__init__()
@@ -111,6 +120,12 @@ class KMeansTransformerDecoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.mask_position_encoding = None
+        if mask_position:
+            self.mask_position_encoding = PositionEmbeddingSine(mask_dim // 2, temperature=256.0, scale=2 * math.pi * 16)
+            self.mask_position_proj = nn.Conv2d(2 * (mask_dim // 2), mask_dim, 1)
+            nn.init.zeros_(self.mask_position_proj.weight)
+            nn.init.zeros_(self.mask_position_proj.bias)
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, mask_dim: int):
@@ -126,16 +141,21 @@ class KMeansTransformerDecoder(nn.Module):
             "dec_layers": mf.DEC_LAYERS,
             "pre_norm": mf.PRE_NORM,
             "dropout": mf.DROPOUT,
+            "mask_position": mf.MASK_POSITION,
         }
 
     def prepare_memory(self, multi_scale_features: List[torch.Tensor], mask_features: torch.Tensor) -> Dict[str, list]:
-        """Per-slice work independent of the queries: projected memory, its positions, and the mask
-        features resampled to each memory level (for the k-means assignment).
+        """Per-slice work independent of the queries: projected memory, its positions, the mask
+        features (with their position code, if any) and their resampling to each memory level (for
+        the k-means assignment).
 
         Mask logits are linear in the mask features and bilinear resampling is linear too, so
         ``embed . resample(features)`` equals Mask2Former's ``resample(embed . features)``; resampling
         the features once per slice saves a full-resolution mask prediction per layer at inference.
         """
+        if self.mask_position_encoding is not None:
+            code = self.mask_position_encoding(mask_features)
+            mask_features = mask_features + self.mask_position_proj(code)
         memory, memory_pos, level_mask_features = [], [], []
         for level in range(self.num_feature_levels):
             feature = multi_scale_features[level]
@@ -145,7 +165,7 @@ class KMeansTransformerDecoder(nn.Module):
             level_mask_features.append(
                 F.interpolate(mask_features, size=feature.shape[-2:], mode="bilinear", align_corners=False)
             )
-        return {"memory": memory, "memory_pos": memory_pos, "level_mask_features": level_mask_features}
+        return {"memory": memory, "memory_pos": memory_pos, "level_mask_features": level_mask_features, "mask_features": mask_features}
 
     def forward(
         self,
@@ -175,6 +195,7 @@ class KMeansTransformerDecoder(nn.Module):
             all_layer_masks = self.training
         batch = mask_features.shape[0]
         prepared = prepared_memory or self.prepare_memory(multi_scale_features, mask_features)
+        mask_features = prepared["mask_features"]
 
         queries = self.query_feat.weight[None].expand(batch, -1, -1)
         query_pos = self.query_embed.weight[None].expand(batch, -1, -1)
