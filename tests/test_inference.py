@@ -127,6 +127,44 @@ def test_undo_and_reset_restore_earlier_results(random_model, phantom_volume):
         random_model.handover_threshold = 0.5
 
 
+def test_session_caches_agree_with_a_fresh_computation(random_model, phantom_volume):
+    """The session's two caches: the decoder's prepared memory (done once at opening) decodes
+    exactly like the uncached decoder, and labels recomputed only on the slices a round reached
+    equal labels recomputed on every slice."""
+    from s2vnet.modeling.postprocess import scores_to_labels
+
+    volume, _ = phantom_volume
+    random_model.handover_threshold = 0.0
+    try:
+        session = InteractiveSession(random_model, volume)
+        streamed = {}  # the same sweep on streamed features, decoded without a prepared memory
+        session.predictor.automatic_scores(volume, on_slice=lambda z, scores: streamed.__setitem__(z, scores.to(torch.float16)))
+        for z in range(volume.shape[0]):
+            torch.testing.assert_close(session.auto_scores[:, z], streamed[z], atol=2e-3, rtol=0)
+        session.click(6, 30, 30, 3)
+        session.click(2, 20, 40, 0)
+        after = session.run().labels
+        assert session.rounds[-1].slices and len(session.rounds[-1].slices) < volume.shape[0] * 2
+        fresh = np.stack([scores_to_labels(session.native_fused_scores(z)).cpu().numpy() for z in range(volume.shape[0])])
+        assert np.array_equal(after, fresh)
+        after[:] = 0  # results are copies: changing one does not change the session
+        assert np.array_equal(session.result().labels, fresh)
+    finally:
+        random_model.handover_threshold = 0.5
+
+
+def test_streamed_features_do_not_keep_a_chunk_alive(random_model, phantom_volume):
+    """The slice a caller holds while the next chunk is encoded must not be a view of its chunk
+    (or peak memory would be two chunks, growing with the slice batch rather than bounded by it)."""
+    volume, _ = phantom_volume
+    predictor = VolumePredictor(random_model, slice_batch_size=4)
+    storages = {z: features["mask_features"].untyped_storage().data_ptr()
+                for z, features in predictor.stream_features(volume, list(range(volume.shape[0])))}
+    for start in range(0, volume.shape[0], 4):
+        assert storages[start] == storages[start + 1] == storages[start + 2]  # views of their chunk
+        assert storages[start + 3] != storages[start]  # the chunk's last slice is a copy
+
+
 def test_voxel_index_round_trip_on_a_non_ras_file(tmp_path):
     data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     affine = np.array([[0, -2.0, 0, 10], [0, 0, 3.0, -5], [-1.5, 0, 0, 7], [0, 0, 0, 1]])  # permuted and flipped

@@ -76,7 +76,8 @@ def test_benchmark_smoke(tmp_path):
     output = tmp_path / "bench.json"
     result = _tool(
         "tools/benchmark.py", "--config-file", config, "--slices", 8, "--height", 64, "--width", 64, "--repeats", 1, "--warmup", 0,
-        "--threads", 1, "--only", "s2vnet", "baseline", "click_round", "encoder", "--output", output,
+        "--threads", 1, "--only", "s2vnet", "baseline", "click_round", "encoder", "data_pipeline",
+        "--data-volumes", 2, "--data-workers", 2, "--output", output,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
@@ -86,6 +87,30 @@ def test_benchmark_smoke(tmp_path):
     assert report["results"]["click_round"]["encoder_calls_during_rounds"] == 0
     assert report["results"]["s2vnet"]["mean_live_tracks"] > 0  # propagation really ran
     assert "propagation_overhead_pct" in report["findings"] and "click_round_pct_of_automatic_pass" in report["findings"]
+    # The data pipeline measurement starts prepare workers of its own inside its measurement process.
+    assert report["results"]["data_pipeline"]["prepare_volumes"] == 2
+    assert report["results"]["data_pipeline"]["clip_load_ms_median"] > 0
+
+
+def test_a_failed_measurement_is_reported_and_the_others_kept(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO / "tools" / "benchmark.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def fake_measurement(kind, options):
+        if kind == "baseline":
+            raise RuntimeError("measurement 'baseline' failed: ModuleNotFoundError: No module named 'einops'")
+        return {"kind": kind, "slices": 8, "height": 64, "width": 64, "median_s": 2.0, "peak_mb": 100.0,
+                "volumes_per_minute": 30.0, "seconds_per_slice": 0.25}
+
+    monkeypatch.setattr(tool, "run_in_subprocess", fake_measurement)
+    output = tmp_path / "bench.json"
+    assert tool.main(["--only", "s2vnet", "baseline", "--output", str(output)]) == 1
+    report = json.loads(output.read_text())
+    assert set(report["results"]) == {"s2vnet"} and "einops" in report["failed"]["baseline"]
+    assert "propagation_overhead_pct" not in report["findings"]
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The paper's component analysis (Table 4) on CT phantoms, with one budget and one seed.
 
-    bash scripts/ablation.sh                 # ~45 minutes on 2 CPU cores
+    bash scripts/ablation.sh                 # ~55 minutes on 2 CPU cores
     bash scripts/ablation.sh --iters 300     # shorter
 
 Trains three models on the same phantom data with the same seed and budget, differing only in

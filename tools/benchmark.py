@@ -8,7 +8,7 @@ On one synthetic CT phantom volume, same device and threads, each in its own pro
 
     s2vnet          automatic inference, propagation + aggregation (§4.1)
     baseline        the same weights with propagation and aggregation off (the paper's "Baseline")
-    swin_unetr      MONAI SwinUNETR (feature size 48), sliding window 96^3, overlap 0.5 (3D reference)
+    swin_unetr      MONAI SwinUNETR (feature size 48), sliding window 96^3, overlap 0.5 (3D reference; --reference-repeats passes)
     click_round     one interactive round (a click per organ) on a session with cached features
     encoder_*       backbone + pixel decoder over the volume, batched vs one slice at a time
     memory_<n>      automatic pass on n-slice volumes (--memory-slices), for peak memory vs depth
@@ -50,6 +50,10 @@ def parse_args(argv=None):
     parser.add_argument("--slice-batch", type=int, default=16, help="slices per encoder batch (MODEL.S2VNET.TEST.SLICE_BATCH_SIZE)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--reference-repeats", type=int, default=1,
+        help="timed passes of the 3D reference, without warm-up (one pass is already 25 windows at 256 x 256; ~10 s each on 2 CPU cores)",
+    )
     parser.add_argument("--memory-slices", type=int, nargs=2, default=(32, 128), metavar=("FEW", "MANY"))
     parser.add_argument("--train-size", type=int, default=256, help="crop size of the training-throughput step")
     parser.add_argument("--train-batch", type=int, default=2, help="clips per training step")
@@ -81,14 +85,21 @@ def main(argv=None) -> int:
     for kind in selected:
         if kind == "encoder":
             plan += [("encoder_batched", "encoder_batched", base), ("encoder_single", "encoder_single", base)]
+        elif kind == "swin_unetr":
+            plan.append((kind, kind, dict(base, warmup=0, repeats=args.reference_repeats)))
         elif kind == "memory":
             plan += [(f"memory_{n}", "s2vnet", dict(base, slices=n, repeats=1)) for n in args.memory_slices]
         else:
             plan.append((kind, kind, base))
-    results = {}
+    results, failed = {}, {}
     for name, kind, options in plan:
         logger.info("measuring %s ...", name)
-        results[name] = run_in_subprocess(kind, options)
+        try:
+            results[name] = run_in_subprocess(kind, options)
+        except Exception as error:  # one broken measurement (e.g. a missing extra) must not lose the others
+            logger.error("%s failed: %s: %s", name, type(error).__name__, str(error).splitlines()[0])
+            failed[name] = f"{type(error).__name__}: {error}"
+            continue
         logger.info("%s: %s s", name, _fmt(results[name].get("median_s"), 3))
 
     reference = results.get("s2vnet", {}).get("median_s")
@@ -132,10 +143,15 @@ def main(argv=None) -> int:
         print("profile of one automatic pass (s, share):")
         for module, seconds in sorted(results["profile"]["modules_s"].items(), key=lambda kv: -kv[1]):
             print(f"  {module}: {seconds:.3f} ({100 * seconds / total:.1f}%)")
+    for name, error in failed.items():
+        print(f"FAILED {name}: {error.splitlines()[0]}")
     if args.output:
-        write_json_atomic(Path(args.output), {"settings": {k: v for k, v in base.items()}, "results": results, "findings": findings, "table": table})
+        write_json_atomic(
+            Path(args.output),
+            {"settings": dict(base), "results": results, "failed": failed, "findings": findings, "table": table},
+        )
         logger.info("wrote %s", args.output)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

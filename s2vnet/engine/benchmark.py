@@ -331,10 +331,35 @@ def _measure_data_pipeline(cfg, options: Dict) -> Dict:
             "clip_size": cfg.INPUT.IMAGE_SIZE}
 
 
+def _measure_into(connection, kind: str, options: Dict) -> None:
+    try:
+        connection.send(("ok", measure(kind, options)))
+    except BaseException as error:  # report it to the parent, which names the measurement
+        import traceback
+
+        connection.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
+    finally:
+        connection.close()
+
+
 def run_in_subprocess(kind: str, options: Dict) -> Dict:
-    """Run :func:`measure` in a fresh ``spawn`` process and return its record."""
+    """Run :func:`measure` in a fresh ``spawn`` process and return its record.
+
+    A plain (non-daemonic) process rather than a pool worker: the data-pipeline measurement starts
+    prepare workers of its own, which a daemonic pool worker may not do.
+    """
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(measure, (kind, options))
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_measure_into, args=(sender, kind, options))
+    process.start()
+    sender.close()
+    try:
+        status, payload = receiver.recv()
+    except EOFError:
+        status, payload = "error", f"the measurement process died (exit code {process.join() or process.exitcode})"
+    process.join()
+    if status != "ok":
+        raise RuntimeError(f"measurement {kind!r} failed: {payload}")
+    return payload

@@ -32,7 +32,7 @@ coordinates in the original file's voxel grid).
 """
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ class Round:
     clicks: List[Click]
     scores: Dict[int, torch.Tensor]  # class -> (Z, h, w) float16 on the mask grid
     previous_features: Dict[int, Optional[torch.Tensor]] = field(default_factory=dict)
+    slices: Set[int] = field(default_factory=set)  # the slices its centroids reached (where it can change labels)
 
 
 @dataclass
@@ -95,19 +96,44 @@ class InteractiveSession:
         self.rounds: List[Round] = []
         self.pending: List[Click] = []
         self.sampled: Dict[int, torch.Tensor] = {}  # eq. 8's O_hat per class, after the last round
+        # Labels of the fused scores, recomputed only on slices a round changed since (None: all).
+        self._labels: Optional[np.ndarray] = None
+        self._stale_slices: Optional[Set[int]] = None
 
     # ------------------------------------------------------------------ set-up (once per volume)
+    @torch.inference_mode()
     def _encode_all(self) -> Dict[str, object]:
-        """Encode every slice once (batched) and keep the features for all later rounds."""
-        chunks = [
-            self.predictor.encode_slices(self.volume, range(start, min(start + self.predictor.slice_batch_size, self.volume.shape[0])))
-            for start in range(0, self.volume.shape[0], self.predictor.slice_batch_size)
-        ]
+        """Encode every slice once (batched) and keep the features for all later rounds.
+
+        The decoder's query-independent per-slice work (memory projection, mask features with
+        their position code and their resampling to the memory levels) is done here too, once:
+        every round decodes many slices, and redoing it took a third of a round's time. The
+        prepared mask features replace the raw ones, so the cache costs only the small levels.
+        """
+        chunks = []
+        for start in range(0, self.volume.shape[0], self.predictor.slice_batch_size):
+            chunk = self.predictor.encode_slices(self.volume, range(start, min(start + self.predictor.slice_batch_size, self.volume.shape[0])))
+            with self.predictor.autocast():
+                prepared = self.model.decoder.prepare_memory(chunk["multi_scale_features"], chunk["mask_features"])
+            chunk["prepared_memory"] = prepared
+            chunk["mask_features"] = prepared["mask_features"]
+            chunks.append(chunk)
+
+        def cat(key):
+            return [torch.cat([c["prepared_memory"][key][i] for c in chunks]) for i in range(len(chunks[0]["prepared_memory"][key]))]
+
+        mask_features = torch.cat([c["mask_features"] for c in chunks])
         return {
-            "mask_features": torch.cat([c["mask_features"] for c in chunks]),
+            "mask_features": mask_features,
             "multi_scale_features": [torch.cat([c["multi_scale_features"][i] for c in chunks]) for i in range(len(chunks[0]["multi_scale_features"]))],
             "click_features": {k: torch.cat([c["click_features"][k] for c in chunks]) for k in chunks[0]["click_features"]},
             "input_size": chunks[0]["input_size"],
+            "prepared_memory": {
+                "memory": cat("memory"),
+                "memory_pos": cat("memory_pos"),
+                "level_mask_features": cat("level_mask_features"),
+                "mask_features": mask_features,
+            },
         }
 
     def features_of(self, z: int) -> Dict[str, object]:
@@ -155,6 +181,7 @@ class InteractiveSession:
         if self.pending:
             self.rounds.append(self._run_round(self.pending))
             self.pending = []
+            self._mark_stale(self.rounds[-1].slices)
         return self.result()
 
     def undo(self) -> None:
@@ -165,6 +192,7 @@ class InteractiveSession:
         if not self.rounds:
             return
         last = self.rounds.pop()
+        self._mark_stale(last.slices)
         for label, previous in last.previous_features.items():
             if previous is None:
                 self.sampled.pop(label, None)
@@ -179,6 +207,7 @@ class InteractiveSession:
             round_.scores.pop(int(label), None)
             round_.clicks = [c for c in round_.clicks if c.label != label]
             round_.previous_features.pop(int(label), None)
+        self._mark_stale(set().union(*(r.slices for r in self.rounds)))
         self.rounds = [r for r in self.rounds if r.clicks]
         self.pending = [c for c in self.pending if c.label != label]
         self.sampled.pop(int(label), None)
@@ -205,11 +234,14 @@ class InteractiveSession:
             starts.setdefault(click.z, []).append((centroids[index], click.label, index))
 
         scores: Dict[int, torch.Tensor] = {}
+        reached: Set[int] = set()
         for direction in (1, -1):
-            self._sweep(starts, direction, scores)
-        return Round(list(clicks), scores, previous)
+            self._sweep(starts, direction, scores, reached)
+        return Round(list(clicks), scores, previous, reached)
 
-    def _sweep(self, starts: Dict[int, List[Tuple[torch.Tensor, int, int]]], direction: int, scores: Dict[int, torch.Tensor]) -> None:
+    def _sweep(
+        self, starts: Dict[int, List[Tuple[torch.Tensor, int, int]]], direction: int, scores: Dict[int, torch.Tensor], reached: Set[int]
+    ) -> None:
         """Propagate the round's centroids from their slices in one direction, decoding each slice
         once for all live centroids; stop when none is alive and none starts further on.
 
@@ -237,6 +269,7 @@ class InteractiveSession:
                 z += direction
                 continue
             outputs = self.predictor.decode_slice(self.features_of(z), tracks)
+            reached.add(z)
             rows = model.decoder.num_queries + outputs["track_slot"][clicks_alive]
             labels = tracks.labels[clicks_alive]
             track_scores = identity_score(outputs["pred_logits"][0, rows], outputs["pred_masks"][0, rows], labels)
@@ -284,10 +317,18 @@ class InteractiveSession:
         """(K, Z, Y, X) float16 fused class scores of the whole volume (for saving)."""
         return np.stack([self.native_fused_scores(z).cpu().numpy().astype(np.float16) for z in range(self.volume.shape[0])], axis=1)
 
+    def _mark_stale(self, slices: Set[int]) -> None:
+        if self._stale_slices is not None:
+            self._stale_slices |= slices
+
     def result(self) -> SessionResult:
         depth, height, width = self.volume.shape
-        labels = np.zeros((depth, height, width), dtype=np.uint8)
-        for z in range(depth):
-            labels[z] = scores_to_labels(self.native_fused_scores(z)).cpu().numpy()
+        if self._labels is None:
+            self._labels = np.zeros((depth, height, width), dtype=np.uint8)
+            self._stale_slices = set(range(depth))
+        for z in sorted(self._stale_slices):
+            self._labels[z] = scores_to_labels(self.native_fused_scores(z)).cpu().numpy()
+        self._stale_slices = set()
+        labels = self._labels.copy()
         masks = {c: labels == c for c in range(1, self.num_classes)}
         return SessionResult(labels, masks)

@@ -105,7 +105,12 @@ class VolumePredictor:
             chunk = list(order[start : start + self.slice_batch_size])
             features = self.encode_slices(volume, chunk)
             for offset, z in enumerate(chunk):
-                yield z, self.model.select_features(features, slice(offset, offset + 1))
+                selected = self.model.select_features(features, slice(offset, offset + 1))
+                if offset == len(chunk) - 1:
+                    # The caller still holds this slice while the next chunk is encoded: a view
+                    # would keep the whole chunk alive, so peak memory would be two chunks.
+                    selected = _clone_features(selected)
+                yield z, selected
             del features
 
     def native_scores(self, scores: torch.Tensor, model_size: Tuple[int, int], native_size: Tuple[int, int], padded_size) -> torch.Tensor:
@@ -237,3 +242,14 @@ def _check_volume(volume) -> np.ndarray:
     if min(volume.shape) == 0:
         raise InputError(f"volume of shape {volume.shape} is empty")
     return volume
+
+
+def _clone_features(features: Dict[str, object]) -> Dict[str, object]:
+    """A copy of (nested) feature tensors that shares no storage with the original."""
+    if isinstance(features, torch.Tensor):
+        return features.clone()
+    if isinstance(features, dict):
+        return {k: _clone_features(v) for k, v in features.items()}
+    if isinstance(features, list):
+        return [_clone_features(v) for v in features]
+    return features

@@ -197,17 +197,27 @@ class S2VNet(nn.Module):
     @staticmethod
     def select_features(features: Dict[str, object], index) -> Dict[str, object]:
         """The features of a subset of the encoded slices (an index tensor or a slice)."""
-        return {
+        selected = {
             "mask_features": features["mask_features"][index],
             "multi_scale_features": [level[index] for level in features["multi_scale_features"]],
             "click_features": {k: v[index] for k, v in features["click_features"].items()},
             "input_size": features["input_size"],
         }
+        if "prepared_memory" in features:  # cached by an interactive session (see KMeansMask2FormerDecoder.prepare_memory)
+            selected["prepared_memory"] = {k: [level[index] for level in v] if isinstance(v, list) else v[index]
+                                           for k, v in features["prepared_memory"].items()}
+        return selected
 
     # ------------------------------------------------------------------ decoder (one slice at a time)
     def decode(self, features: Dict[str, object], tracks: Optional[Tracks] = None, all_layer_masks: Optional[bool] = None, prepared_memory=None):
-        """Decode slices (B of them) with the learnable queries plus the given identity tracks."""
+        """Decode slices (B of them) with the learnable queries plus the given identity tracks.
+
+        ``prepared_memory`` (or ``features["prepared_memory"]``) is the decoder's query-independent
+        per-slice work, for callers that decode the same slices again and again (interactive rounds).
+        """
         batch = features["mask_features"].shape[0]
+        if prepared_memory is None:
+            prepared_memory = features.get("prepared_memory")
         extra, padding, slot = (None, None, None)
         if tracks is not None:
             extra, padding, slot = tracks.padded(batch)
