@@ -97,8 +97,8 @@ def main(argv=None) -> int:
         try:
             results[name] = run_in_subprocess(kind, options)
         except Exception as error:  # one broken measurement (e.g. a missing extra) must not lose the others
-            logger.error("%s failed: %s: %s", name, type(error).__name__, str(error).splitlines()[0])
-            failed[name] = f"{type(error).__name__}: {error}"
+            failed[name] = str(error)
+            logger.error("%s", failed[name].splitlines()[0])
             continue
         logger.info("%s: %s s", name, _fmt(results[name].get("median_s"), 3))
 

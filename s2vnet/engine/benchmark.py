@@ -357,9 +357,11 @@ def run_in_subprocess(kind: str, options: Dict) -> Dict:
     sender.close()
     try:
         status, payload = receiver.recv()
-    except EOFError:
-        status, payload = "error", f"the measurement process died (exit code {process.join() or process.exitcode})"
+    except EOFError:  # it died without reporting (killed, out of memory)
+        status, payload = "error", None
     process.join()
+    if payload is None:
+        payload = f"the measurement process died (exit code {process.exitcode})"
     if status != "ok":
         raise RuntimeError(f"measurement {kind!r} failed: {payload}")
     return payload

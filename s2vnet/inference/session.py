@@ -96,9 +96,9 @@ class InteractiveSession:
         self.rounds: List[Round] = []
         self.pending: List[Click] = []
         self.sampled: Dict[int, torch.Tensor] = {}  # eq. 8's O_hat per class, after the last round
-        # Labels of the fused scores, recomputed only on slices a round changed since (None: all).
-        self._labels: Optional[np.ndarray] = None
-        self._stale_slices: Optional[Set[int]] = None
+        # Labels of the fused scores, recomputed by result() only on the slices changed since.
+        self._labels = np.zeros(self.volume.shape, dtype=np.uint8)
+        self._stale_slices: Set[int] = set(range(depth))
 
     # ------------------------------------------------------------------ set-up (once per volume)
     @torch.inference_mode()
@@ -181,7 +181,7 @@ class InteractiveSession:
         if self.pending:
             self.rounds.append(self._run_round(self.pending))
             self.pending = []
-            self._mark_stale(self.rounds[-1].slices)
+            self._stale_slices |= self.rounds[-1].slices
         return self.result()
 
     def undo(self) -> None:
@@ -192,7 +192,7 @@ class InteractiveSession:
         if not self.rounds:
             return
         last = self.rounds.pop()
-        self._mark_stale(last.slices)
+        self._stale_slices |= last.slices
         for label, previous in last.previous_features.items():
             if previous is None:
                 self.sampled.pop(label, None)
@@ -204,10 +204,10 @@ class InteractiveSession:
         if not 0 <= int(label) < self.num_classes:
             raise InputError(f"reset label {label!r} is not a class of this model (valid: 0..{self.num_classes - 1})")
         for round_ in self.rounds:
-            round_.scores.pop(int(label), None)
+            if round_.scores.pop(int(label), None) is not None:
+                self._stale_slices |= round_.slices
             round_.clicks = [c for c in round_.clicks if c.label != label]
             round_.previous_features.pop(int(label), None)
-        self._mark_stale(set().union(*(r.slices for r in self.rounds)))
         self.rounds = [r for r in self.rounds if r.clicks]
         self.pending = [c for c in self.pending if c.label != label]
         self.sampled.pop(int(label), None)
@@ -317,15 +317,7 @@ class InteractiveSession:
         """(K, Z, Y, X) float16 fused class scores of the whole volume (for saving)."""
         return np.stack([self.native_fused_scores(z).cpu().numpy().astype(np.float16) for z in range(self.volume.shape[0])], axis=1)
 
-    def _mark_stale(self, slices: Set[int]) -> None:
-        if self._stale_slices is not None:
-            self._stale_slices |= slices
-
     def result(self) -> SessionResult:
-        depth, height, width = self.volume.shape
-        if self._labels is None:
-            self._labels = np.zeros((depth, height, width), dtype=np.uint8)
-            self._stale_slices = set(range(depth))
         for z in sorted(self._stale_slices):
             self._labels[z] = scores_to_labels(self.native_fused_scores(z)).cpu().numpy()
         self._stale_slices = set()
