@@ -17,7 +17,7 @@ import os
 import resource
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -82,6 +82,23 @@ def timed_runs(function: Callable[[], object], device: torch.device, warmup: int
         _sync(device)
         seconds.append(time.perf_counter() - start)
     return {"seconds": seconds, "median_s": statistics.median(seconds), "peak_mb": _peak_mb(device), "memory_before_mb": before}
+
+
+def alternating_runs(first: Callable[[], object], second: Callable[[], object], device: torch.device, repeats: int) -> Tuple[float, float]:
+    """Median seconds of ``first`` and of ``second``, run alternately ``repeats`` times each (after
+    one warm-up of each): a ratio of the two then sees the same machine state, which separate
+    measurement processes on a shared machine do not."""
+    seconds: Tuple[List[float], List[float]] = ([], [])
+    for function in (first, second):
+        function()
+    for _ in range(repeats):
+        for index, function in enumerate((first, second)):
+            _sync(device)
+            start = time.perf_counter()
+            function()
+            _sync(device)
+            seconds[index].append(time.perf_counter() - start)
+    return statistics.median(seconds[0]), statistics.median(seconds[1])
 
 
 # ------------------------------------------------------------------ set-up inside a measurement process
@@ -157,6 +174,10 @@ def measure(kind: str, options: Dict) -> Dict:
         record.update(timed_runs(one_round, device, warmup, repeats))
         record["clicks_per_round"] = len(clicks)
         record["encoder_calls_during_rounds"] = predictor.encoder_calls - encoder_calls
+        # The round's cost relative to an automatic pass, timed alternately in this process.
+        with torch.inference_mode():
+            paired_round, paired_automatic = alternating_runs(one_round, lambda: predictor.predict_automatic(volume), device, repeats)
+        record["paired_round_s"], record["paired_automatic_s"] = paired_round, paired_automatic
     elif kind in ("encoder_batched", "encoder_single"):
         predictor = _predictor(cfg, worst_case_tracks=False)
         batch = predictor.slice_batch_size if kind == "encoder_batched" else 1
