@@ -155,6 +155,30 @@ def test_session_caches_agree_with_a_fresh_computation(phantom_volume):
     assert np.array_equal(session.result().labels, fresh)
 
 
+def test_both_sweeps_in_one_batch_decode_like_one_slice_at_a_time(phantom_volume, monkeypatch):
+    """A round decodes its two directions' slices as one padded batch; each slice must come out as
+    if decoded alone (different numbers of tracks per direction exercise the padding)."""
+    volume, _ = phantom_volume
+    model = tiny_model(tiny_config(num_classes=8), seed=1).eval()
+    model.handover_threshold = 0.0
+
+    def round_scores():
+        session = InteractiveSession(model, volume)
+        for click in ((3, 30, 30, 1), (3, 20, 40, 2), (8, 25, 35, 1)):
+            session.click(*click)
+        session.run()
+        return session.rounds[-1]
+
+    batched = round_scores()
+    one_at_a_time = InteractiveSession._decode_step
+    monkeypatch.setattr(InteractiveSession, "_decode_step", lambda self, ready, *rest: [one_at_a_time(self, [sweep], *rest) for sweep in ready])
+    single = round_scores()
+    assert batched.slices == single.slices == set(range(volume.shape[0]))
+    assert batched.scores.keys() == single.scores.keys() == {1, 2}
+    for label in batched.scores:
+        torch.testing.assert_close(batched.scores[label], single.scores[label], atol=2e-3, rtol=0)
+
+
 def test_streamed_features_do_not_keep_a_chunk_alive(random_model, phantom_volume):
     """The slice a caller holds while the next chunk is encoded must not be a view of its chunk
     (or peak memory would be two chunks, growing with the slice batch rather than bounded by it)."""

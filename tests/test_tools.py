@@ -85,6 +85,7 @@ def test_benchmark_smoke(tmp_path):
         record = report["results"][name]
         assert record["median_s"] > 0 and record["peak_mb"] > 0
     assert report["results"]["click_round"]["encoder_calls_during_rounds"] == 0
+    assert report["results"]["baseline"]["paired_s2vnet_s"] > 0 and report["results"]["baseline"]["paired_baseline_s"] > 0
     assert report["results"]["click_round"]["paired_round_s"] > 0 and report["results"]["click_round"]["paired_automatic_s"] > 0
     assert report["results"]["s2vnet"]["mean_live_tracks"] > 0  # propagation really ran
     assert "propagation_overhead_pct" in report["findings"] and "click_round_pct_of_automatic_pass" in report["findings"]

@@ -156,6 +156,15 @@ def measure(kind: str, options: Dict) -> Dict:
         with torch.inference_mode():
             record.update(timed_runs(lambda: predictor.predict_automatic(volume), device, warmup, repeats))
         record["mean_live_tracks"] = float(np.mean(counter.counts)) if counter.counts else 0.0
+        if kind == "baseline":  # propagation's cost: passes with and without it, alternately, in this process
+            def automatic_pass(propagation: bool):
+                def run():
+                    predictor.model.propagation = propagation
+                    predictor.predict_automatic(volume)
+                return run
+
+            with torch.inference_mode():
+                record["paired_s2vnet_s"], record["paired_baseline_s"] = alternating_runs(automatic_pass(True), automatic_pass(False), device, repeats)
     elif kind == "click_round":
         from s2vnet.data.clicks import initial_clicks
         from s2vnet.inference.session import InteractiveSession
