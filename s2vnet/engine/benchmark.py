@@ -75,12 +75,7 @@ def timed_runs(function: Callable[[], object], device: torch.device, warmup: int
     _sync(device)
     before = _vm_rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
     _reset_peak(device)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
+    seconds = [_seconds(function, device) for _ in range(repeats)]
     return {"seconds": seconds, "median_s": statistics.median(seconds), "peak_mb": _peak_mb(device), "memory_before_mb": before}
 
 
@@ -88,17 +83,18 @@ def alternating_runs(first: Callable[[], object], second: Callable[[], object], 
     """Median seconds of ``first`` and of ``second``, run alternately ``repeats`` times each (after
     one warm-up of each): a ratio of the two then sees the same machine state, which separate
     measurement processes on a shared machine do not."""
-    seconds: Tuple[List[float], List[float]] = ([], [])
-    for function in (first, second):
-        function()
-    for _ in range(repeats):
-        for index, function in enumerate((first, second)):
-            _sync(device)
-            start = time.perf_counter()
-            function()
-            _sync(device)
-            seconds[index].append(time.perf_counter() - start)
-    return statistics.median(seconds[0]), statistics.median(seconds[1])
+    first(), second()
+    _sync(device)
+    pairs = [(_seconds(first, device), _seconds(second, device)) for _ in range(repeats)]
+    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
+
+
+def _seconds(function: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call, with the device's queued work finished before it returns."""
+    start = time.perf_counter()
+    function()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 # ------------------------------------------------------------------ set-up inside a measurement process
@@ -157,14 +153,14 @@ def measure(kind: str, options: Dict) -> Dict:
             record.update(timed_runs(lambda: predictor.predict_automatic(volume), device, warmup, repeats))
         record["mean_live_tracks"] = float(np.mean(counter.counts)) if counter.counts else 0.0
         if kind == "baseline":  # propagation's cost: passes with and without it, alternately, in this process
-            def automatic_pass(propagation: bool):
-                def run():
-                    predictor.model.propagation = propagation
-                    predictor.predict_automatic(volume)
-                return run
+            def automatic_pass(propagation: bool) -> None:
+                predictor.model.propagation = propagation
+                predictor.predict_automatic(volume)
 
             with torch.inference_mode():
-                record["paired_s2vnet_s"], record["paired_baseline_s"] = alternating_runs(automatic_pass(True), automatic_pass(False), device, repeats)
+                record["paired_s2vnet_s"], record["paired_baseline_s"] = alternating_runs(
+                    lambda: automatic_pass(True), lambda: automatic_pass(False), device, repeats
+                )
     elif kind == "click_round":
         from s2vnet.data.clicks import initial_clicks
         from s2vnet.inference.session import InteractiveSession

@@ -312,8 +312,10 @@ class InteractiveSession:
                 if label not in scores:
                     scores[label] = torch.zeros((depth,) + tuple(track_scores.shape[-2:]), dtype=torch.float16, device=track_scores.device)
                 scores[label][sweep.z] = torch.maximum(scores[label][sweep.z], track_scores[e].to(torch.float16))
-            propagate = model.propagation
-            sweep.tracks = self.predictor.continue_tracks(element, sweep.tracks, spawn_new=True) if propagate else self.predictor.empty_tracks()
+            if model.propagation:
+                sweep.tracks = self.predictor.continue_tracks(element, sweep.tracks, spawn_new=True)
+            else:
+                sweep.tracks = self.predictor.empty_tracks()
             sweep.z += sweep.direction
 
     def _new_tracks(self, entries: List[Tuple[torch.Tensor, int, int]]) -> Tracks:
