@@ -107,6 +107,7 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.MODEL.S2VNET.INTERACTION.CLICK_POSITION = True  # the FFN also sees the click's sine position code
     cfg.MODEL.S2VNET.INTERACTION.CLICK_PROB = 0.5  # training: chance a present class starts from clicks (§3.3)
     cfg.MODEL.S2VNET.INTERACTION.TRAIN_MAX_ROUNDS = 3  # training: click rounds simulated on a clip's first slice
+    cfg.MODEL.S2VNET.INTERACTION.TRAIN_MISSED_CLICK_PROB = 0.0  # training: chance a clip's first clicks go where the automatic prediction misses the class (0.5 measured: README, Limitations)
     cfg.MODEL.S2VNET.INTERACTION.CLICK_JITTER = 0.3  # training: click drawn among pixels >= (1 - this) x max depth
     cfg.MODEL.S2VNET.INTERACTION.ADAPTIVE_SAMPLING = True  # eq. 8 (False: each round uses only its own click)
     cfg.MODEL.S2VNET.INTERACTION.BETA = 0.8  # eq. 8: weight of earlier rounds' features (§3.3)
@@ -192,10 +193,10 @@ def validate_config(cfg: CN) -> None:
         )
     if not 0.0 <= cfg.MODEL.S2VNET.INTERACTION.BETA <= 1.0:
         raise InputError(f"config MODEL.S2VNET.INTERACTION.BETA = {cfg.MODEL.S2VNET.INTERACTION.BETA}: must lie in [0, 1]")
-    if not 0.0 <= cfg.MODEL.S2VNET.INTERACTION.CLICK_PROB <= 1.0:
-        raise InputError(
-            f"config MODEL.S2VNET.INTERACTION.CLICK_PROB = {cfg.MODEL.S2VNET.INTERACTION.CLICK_PROB}: must lie in [0, 1]"
-        )
+    for key in ("CLICK_PROB", "TRAIN_MISSED_CLICK_PROB"):
+        value = cfg.MODEL.S2VNET.INTERACTION[key]
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"config MODEL.S2VNET.INTERACTION.{key} = {value}: must lie in [0, 1]")
     if cfg.INPUT.IMAGE_SIZE % cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY:
         raise InputError(
             f"config INPUT.IMAGE_SIZE = {cfg.INPUT.IMAGE_SIZE}: must be a multiple of "

@@ -106,6 +106,29 @@ def test_every_parameter_gets_a_gradient_with_or_without_clicks(click_prob):
     assert missing == []
 
 
+def test_first_clicks_at_misses_land_where_the_automatic_prediction_misses(monkeypatch):
+    model = tiny_model(tiny_config(**{"MODEL.S2VNET.INTERACTION.TRAIN_MISSED_CLICK_PROB": 1.0})).train()
+    clip = synthetic_clip(seed=1)
+    labels = clip["sem_seg"][:1].numpy()
+    present = sorted(int(c) for c in np.unique(labels) if 0 < c < 255)
+    # An automatic prediction that is right except right of column 46, where it says background: it
+    # cuts organ 2 (columns 34-53 of this fixture) right of its deepest point (column 43).
+    cut = 46
+    automatic = labels.copy()
+    automatic[:, :, cut:] = 0
+    missed = [c for c in present if ((labels[0] == c) & (automatic[0] != c)).any()]
+    assert missed, "the fixture must have an organ in the missed half"
+    monkeypatch.setattr(model, "predict_slice_labels", lambda features, tracks: automatic)
+    clicks = model.first_clicks(model.encode(clip["image"][:1]), labels, [present])[0]
+    assert [c.label for c in clicks] == present
+    for click in clicks:
+        assert labels[0, click.y, click.x] == click.label
+        assert (click.x >= cut) == (click.label in missed)
+    monkeypatch.undo()
+    losses = model([clip, synthetic_clip(seed=2)])  # and a training step runs with the option on
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def test_every_parameter_gets_a_gradient_on_a_clip_without_foreground():
     model = tiny_model().train()
     clip = synthetic_clip(seed=3)

@@ -413,3 +413,43 @@ def corrective_clicks(
         clicks.append(Click(z, y, x, int(gt[z, y, x])))
     logger.debug("corrective clicks: %s", clicks)
     return clicks
+
+
+def missed_region_clicks(
+    gt_labels: np.ndarray,
+    pred_labels: np.ndarray,
+    class_ids: Sequence[int],
+    spacing: Optional[Sequence[float]] = None,
+    rng: Optional[np.random.Generator] = None,
+    jitter_fraction: float = 0.0,
+    ignore_label: Optional[int] = None,
+) -> list[Click]:
+    """A first positive click per class of ``class_ids`` present, placed where ``pred_labels`` misses it.
+
+    The click lies at the :func:`deepest_point` of the class's largest face-connected false-negative
+    component (``gt == c`` and ``pred != c``); a class the prediction does not miss anywhere is
+    clicked as by :func:`initial_clicks`. Training uses it so that first clicks also land where the
+    automatic prediction fails, as the evaluation's corrective clicks do, and not only in the
+    organ's easy interior.
+
+    Args:
+        gt_labels, pred_labels: integer labels of the same shape, (Z, Y, X) or (H, W).
+        class_ids, spacing, rng, jitter_fraction, ignore_label: as in :func:`initial_clicks`.
+
+    Returns:
+        Clicks sorted by class id, each with ``label`` = its class.
+    """
+    gt = _check_labels(gt_labels, "gt_labels")
+    pred = _check_labels(pred_labels, "pred_labels")
+    if gt_labels.shape != pred_labels.shape:
+        raise InputError(
+            f"gt_labels has shape {gt_labels.shape} but pred_labels has shape {pred_labels.shape}: they must match"
+        )
+    # The missed voxels keep their true label and everything else becomes 0, so the largest
+    # component of class c in ``missed`` is c's largest false-negative component.
+    missed = np.where(gt != pred, gt, 0).reshape(gt_labels.shape)
+    clicks = initial_clicks(missed, class_ids, spacing, rng, jitter_fraction, ignore_label)
+    unmissed = sorted(set(_check_class_ids(class_ids, ignore_label)) - {click.label for click in clicks})
+    clicks += initial_clicks(gt_labels, unmissed, spacing, rng, jitter_fraction, ignore_label)
+    clicks.sort(key=lambda k: k.label)
+    return clicks

@@ -701,3 +701,43 @@ def score_case(
         scores[c] = _score_cropped(p, g, sp, tolerances[c], protocol)
         logger.debug("class %d: crop %s, %s", c, p.shape, scores[c])
     return scores
+
+
+# --------------------------------------------------------------------------------------------
+# Diagnostic: how much of the error is the boundary band
+# --------------------------------------------------------------------------------------------
+
+
+def boundary_band_dsc(pred_labels: np.ndarray, gt_labels: np.ndarray, class_ids: Sequence[int], width: int = 1) -> dict[int, float]:
+    """Per class, the DSC left if every error voxel outside the ground truth's boundary band were corrected.
+
+    The band of class ``c`` is every voxel within ``width`` face-connected steps of its
+    ground-truth surface, inside or outside (``dilation - erosion``, scipy's cross-shaped element,
+    ``width`` iterations). Errors in it are boundary placement; errors outside it are regions
+    missed or invented. The value is the DSC of the prediction with only its band errors left: no
+    correction that leaves the boundary band as it is (a click per region, say) can score above
+    it, so ``band DSC - DSC`` is what such corrections could still gain. NaN where ``c`` is absent
+    from the ground truth (nothing is left to compare with).
+
+    Label maps are 2D or 3D integer arrays of one shape; ``width`` >= 1.
+    """
+    pred_arr, gt_arr = _as_label_map("pred_labels", pred_labels), _as_label_map("gt_labels", gt_labels)
+    _check_same_shape(pred_arr, gt_arr, "pred_labels", "gt_labels")
+    ids = _check_class_ids(class_ids)
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+        raise InputError(f"width={width!r}: the boundary band width must be an integer number of voxels >= 1")
+    structure = ndimage.generate_binary_structure(gt_arr.ndim, 1)
+    pred_boxes, gt_boxes = _class_boxes(pred_arr, ids), _class_boxes(gt_arr, ids)
+    scores: dict[int, float] = {}
+    for c in ids:
+        if gt_boxes[c] is None:
+            scores[c] = math.nan
+            continue
+        box = _union_box(pred_boxes[c], gt_boxes[c])
+        # A margin of `width` lets the dilation reach past the union box; outside it both masks are empty.
+        p = np.pad(pred_arr[box] == c, width, mode="constant", constant_values=False)
+        g = np.pad(gt_arr[box] == c, width, mode="constant", constant_values=False)
+        band = ndimage.binary_dilation(g, structure, iterations=width) & ~ndimage.binary_erosion(g, structure, iterations=width)
+        corrected = np.where(band, p, g)
+        scores[c] = _dice_counts(corrected, g)
+    return scores

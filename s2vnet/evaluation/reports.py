@@ -1,7 +1,7 @@
 """Evaluation reports: results.json, results.csv, summary.md (the paper's Table 1 layout) and
 dsc_per_round.png (the paper's Fig. 5), from per-case rows.
 
-A row is ``{"case", "class_id", "class_name", "dsc", "hd95", "nsd", "mode"}``; interactive rows
+A row is ``{"case", "class_id", "class_name", "dsc", "hd95", "nsd", "band_dsc", "mode"}``; interactive rows
 also carry ``"round"`` (round 0 is the automatic prediction the session starts from).
 
 Averaging conventions (DESIGN §7): a class's mean is over the cases where the metric is defined
@@ -20,7 +20,9 @@ import numpy as np
 
 from s2vnet.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 
-METRICS = ("dsc", "hd95", "nsd")
+# band_dsc: the DSC left with only the errors in the ground truth's boundary band (a diagnostic, see
+# s2vnet.evaluation.metrics.boundary_band_dsc); band_dsc - dsc is what correcting the rest could gain.
+METRICS = ("dsc", "hd95", "nsd", "band_dsc")
 NOC_THRESHOLDS = (0.85, 0.90)
 
 
@@ -126,7 +128,7 @@ def write_reports(
     write_json_atomic(output_dir / "results.json", _json_safe(results))
 
     buffer = io.StringIO()
-    fields = ["case", "mode", "round", "class_id", "class_name", "dsc", "hd95", "nsd"]
+    fields = ["case", "mode", "round", "class_id", "class_name", *METRICS]
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in per_case:
@@ -142,6 +144,14 @@ def write_reports(
         lines.append(", ".join(f"{k} = {_fmt(v)}" for k, v in results["noc"].items()) + f" (clicks per organ; {max_rounds} = not reached)")
         lines.append("")
         _plot_rounds(output_dir / "dsc_per_round.png", dsc_per_round(interactive))
+    band = [(name, results[mode]["overall"]) for name, mode in (("automatic", "automatic"), (f"after round {final_round}", "interactive")) if results.get(mode)]
+    if band:
+        lines.append(
+            f"Boundary band: with only the errors within {settings.get('boundary_band_voxels', 1)} voxel(s) of the true boundary left, mean DSC would be "
+            + ", ".join(f"{_fmt(o['band_dsc'], 100)} ({name}, now {_fmt(o['dsc'], 100)})" for name, o in band)
+            + "; the difference is the error in regions missed or invented, which clicks can point at."
+        )
+        lines.append("")
     counts = results["automatic"]["overall"] if automatic else results.get("interactive", {})
     if counts:
         lines.append(

@@ -24,19 +24,23 @@ import numpy as np
 from tqdm import tqdm
 
 from s2vnet.data.clicks import corrective_clicks, initial_clicks
-from s2vnet.evaluation.metrics import score_case
-from s2vnet.evaluation.reports import _json_safe, write_reports
+from s2vnet.evaluation.metrics import boundary_band_dsc, score_case
+from s2vnet.evaluation.reports import METRICS, _json_safe, write_reports
 from s2vnet.utils.atomic import write_json_atomic
 from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+# Width of the boundary band of the ``band_dsc`` diagnostic (:func:`boundary_band_dsc`), in voxels.
+BOUNDARY_BAND_VOXELS = 1
+
 
 def score_rows(case: str, pred: np.ndarray, gt: np.ndarray, spacing, class_ids, class_names, tolerance, protocol, **extra) -> List[Dict]:
     """Rows of one case (and round) for every class in ``class_ids``."""
     scores = score_case(pred, gt, spacing, class_ids, nsd_tolerance_mm=tolerance, protocol=protocol)
+    band = boundary_band_dsc(pred, gt, class_ids, width=BOUNDARY_BAND_VOXELS)
     return [
-        {"case": case, "class_id": int(c), "class_name": class_names[c], "dsc": s.dsc, "hd95": s.hd95, "nsd": s.nsd, **extra}
+        {"case": case, "class_id": int(c), "class_name": class_names[c], "dsc": s.dsc, "hd95": s.hd95, "nsd": s.nsd, "band_dsc": band[c], **extra}
         for c, s in scores.items()
     ]
 
@@ -83,7 +87,7 @@ def _load_rows(path: Path) -> Dict[str, List[Dict]]:
     data = json.loads(path.read_text())
 
     def restore(row):
-        for metric in ("dsc", "hd95", "nsd"):
+        for metric in METRICS:
             value = row[metric]
             row[metric] = math.nan if value is None else (math.inf if value == "inf" else float(value))
         return row
@@ -114,6 +118,7 @@ def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds
         "aggregation": cfg.MODEL.S2VNET.AGGREGATION.ENABLED,
         "adaptive_sampling": cfg.MODEL.S2VNET.INTERACTION.ADAPTIVE_SAMPLING,
         "beta": cfg.MODEL.S2VNET.INTERACTION.BETA,
+        "boundary_band_voxels": BOUNDARY_BAND_VOXELS,  # case files scored before band_dsc existed are redone
     }
     output_dir = Path(output_dir)
     case_dir = output_dir / "cases"
@@ -198,5 +203,5 @@ def evaluate_folders(
         rows += score_rows(case, pred.array, gt.array, gt.spacing, list(ids), names, tolerance, protocol, mode="automatic")
     class_ids = sorted(found_classes)
     names = list(class_names) if class_names else [str(i) for i in range(max(class_ids, default=0) + 1)]
-    settings = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "nsd_tolerance_mm": tolerance, "protocol": protocol}
+    settings = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "nsd_tolerance_mm": tolerance, "protocol": protocol, "boundary_band_voxels": BOUNDARY_BAND_VOXELS}
     return write_reports(Path(output_dir), rows, [], class_ids, names, names, 0, settings)

@@ -27,7 +27,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from torch import nn
 
-from s2vnet.data.clicks import corrective_clicks, initial_clicks
+from s2vnet.data.clicks import corrective_clicks, initial_clicks, missed_region_clicks
 from s2vnet.modeling.criterion import SetCriterion, SliceTargets, click_point_loss
 from s2vnet.modeling.interaction import ClickEncoder, accumulate_round, identity_score
 from s2vnet.modeling.matcher import HungarianMatcher
@@ -62,6 +62,7 @@ class S2VNet(nn.Module):
         click_prob: float,
         train_max_rounds: int,
         click_jitter: float,
+        missed_click_prob: float,
         adaptive_sampling: bool,
         beta: float,
         max_clicks_per_class: int,
@@ -84,6 +85,7 @@ class S2VNet(nn.Module):
         self.click_prob = click_prob
         self.train_max_rounds = train_max_rounds
         self.click_jitter = click_jitter
+        self.missed_click_prob = missed_click_prob
         self.adaptive_sampling = adaptive_sampling
         self.beta = beta
         self.max_clicks_per_class = max_clicks_per_class
@@ -143,6 +145,7 @@ class S2VNet(nn.Module):
             "click_prob": s2v.INTERACTION.CLICK_PROB,
             "train_max_rounds": s2v.INTERACTION.TRAIN_MAX_ROUNDS,
             "click_jitter": s2v.INTERACTION.CLICK_JITTER,
+            "missed_click_prob": s2v.INTERACTION.TRAIN_MISSED_CLICK_PROB,
             "adaptive_sampling": s2v.INTERACTION.ADAPTIVE_SAMPLING,
             "beta": s2v.INTERACTION.BETA,
             "max_clicks_per_class": s2v.INTERACTION.MAX_CLICKS_PER_CLASS,
@@ -347,7 +350,8 @@ class S2VNet(nn.Module):
         position (E, 2), (y, x) in [0, 1] of the input, of each one's latest click.
 
         Each foreground class present on the slice is clicked with probability ``CLICK_PROB``.
-        The first click sits deep inside the class's largest region (jittered); up to
+        The first click sits deep inside the class's largest region (jittered), or in the largest
+        region the automatic prediction misses (:meth:`first_clicks`); up to
         ``TRAIN_MAX_ROUNDS - 1`` corrective rounds follow, each against a no-grad prediction of the
         current state, with eq. 8's accumulation per class. As in evaluation, a corrective round
         clicks the largest error of *every* class on the slice, so the model also learns negative
@@ -370,7 +374,7 @@ class S2VNet(nn.Module):
         num_rounds = int(self.rng.integers(1, self.train_max_rounds + 1)) if any(chosen) else 0
         for round_index in range(num_rounds):
             if round_index == 0:
-                clicks = [initial_clicks(labels_np[b], chosen[b], rng=self.rng, jitter_fraction=self.click_jitter, ignore_label=self.ignore_label) for b in range(batch)]
+                clicks = self.first_clicks(features, labels_np, chosen)
             else:
                 predicted = self.predict_slice_labels(features, self.tracks_from_sampled(sampled, where))
                 clicks = [
@@ -391,6 +395,25 @@ class S2VNet(nn.Module):
         keys = sorted(where)  # the order of tracks_from_sampled
         positions = torch.stack([where[k] for k in keys]) if keys else torch.zeros(0, 2, device=self.device)
         return self.tracks_from_sampled(sampled, where), positions
+
+    def first_clicks(self, features, labels_np: np.ndarray, chosen: List[List[int]]) -> List[list]:
+        """Round 0 of :meth:`click_tracks`: per clip, the first click of each chosen class.
+
+        With probability ``TRAIN_MISSED_CLICK_PROB`` a clip's first clicks go where the automatic
+        prediction (the learnable queries alone) misses each class (:func:`missed_region_clicks`),
+        otherwise deep inside the class (:func:`initial_clicks`). Evaluation's corrective clicks land
+        in such missed regions, which look unlike an organ's interior to the model; a click there
+        has to claim the region from the class the automatic pass gave it.
+        """
+        batch = len(chosen)
+        # No draw at probability 0, so that runs without the option keep their random stream.
+        at_misses = [self.missed_click_prob > 0 and bool(chosen[b]) and self.rng.random() < self.missed_click_prob for b in range(batch)]
+        automatic = self.predict_slice_labels(features, Tracks.empty(self.decoder.query_feat.weight.shape[1], self.device)) if any(at_misses) else None
+        options = dict(rng=self.rng, jitter_fraction=self.click_jitter, ignore_label=self.ignore_label)
+        return [
+            missed_region_clicks(labels_np[b], automatic[b], chosen[b], **options) if at_misses[b] else initial_clicks(labels_np[b], chosen[b], **options)
+            for b in range(batch)
+        ]
 
     def tracks_from_sampled(self, sampled: Dict[Tuple[int, int], torch.Tensor], where: Dict[Tuple[int, int], torch.Tensor]) -> Tracks:
         keys = sorted(sampled)
