@@ -140,6 +140,10 @@ def test_session_caches_agree_with_a_fresh_computation(phantom_volume):
     # or added it twice would change the scores.
     torch.nn.init.normal_(model.decoder.mask_position_proj.weight, std=0.5)
     session = InteractiveSession(model, volume)
+    # What the cache leaves out: the raw multi-scale features (prepared, then never read) and all
+    # but one copy of the memory's position code (the same on every slice).
+    assert session.features["multi_scale_features"] == []
+    assert all(pos.stride(0) == 0 for pos in session.features["prepared_memory"]["memory_pos"])
     streamed = {}  # the same sweep on streamed features, decoded without a prepared memory
     session.predictor.automatic_scores(volume, on_slice=lambda z, scores: streamed.__setitem__(z, scores.to(torch.float16)))
     for z in range(volume.shape[0]):

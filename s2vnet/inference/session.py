@@ -125,7 +125,8 @@ class InteractiveSession:
         The decoder's query-independent per-slice work (memory projection, mask features with
         their position code and their resampling to the memory levels) is done here too, once:
         every round decodes many slices, and redoing it took a third of a round's time. The
-        prepared mask features replace the raw ones, so the cache costs only the small levels.
+        prepared features replace the raw ones, which nothing reads once they are prepared, and
+        the memory's position code, the same on every slice, is stored once and broadcast.
         """
         chunks = []
         for start in range(0, self.volume.shape[0], self.predictor.slice_batch_size):
@@ -139,15 +140,17 @@ class InteractiveSession:
         def cat(key):
             return [torch.cat([c["prepared_memory"][key][i] for c in chunks]) for i in range(len(chunks[0]["prepared_memory"][key]))]
 
+        depth = self.volume.shape[0]
         mask_features = torch.cat([c["mask_features"] for c in chunks])
         return {
             "mask_features": mask_features,
-            "multi_scale_features": [torch.cat([c["multi_scale_features"][i] for c in chunks]) for i in range(len(chunks[0]["multi_scale_features"]))],
+            "multi_scale_features": [],  # only prepare_memory reads them, and it has run
             "click_features": {k: torch.cat([c["click_features"][k] for c in chunks]) for k in chunks[0]["click_features"]},
             "input_size": chunks[0]["input_size"],
             "prepared_memory": {
                 "memory": cat("memory"),
-                "memory_pos": cat("memory_pos"),
+                # A view of one slice's code: it depends only on the level's size (as in prepare_memory).
+                "memory_pos": [pos[:1].expand(depth, -1, -1) for pos in chunks[0]["prepared_memory"]["memory_pos"]],
                 "level_mask_features": cat("level_mask_features"),
                 "mask_features": mask_features,
             },
