@@ -94,6 +94,27 @@ def test_benchmark_smoke(tmp_path):
     assert report["results"]["data_pipeline"]["clip_load_ms_median"] > 0
 
 
+def test_alternating_runs_flip_the_order_and_keep_each_functions_times(monkeypatch):
+    import torch
+
+    from s2vnet.engine import benchmark
+
+    calls = []
+    # Each "call" reports a fixed duration, so the medians can be checked without timing anything.
+    monkeypatch.setattr(benchmark, "_seconds", lambda function, device: function())
+
+    def first():
+        calls.append("A")
+        return 1.0
+
+    def second():
+        calls.append("B")
+        return 3.0
+
+    assert benchmark.alternating_runs(first, second, torch.device("cpu"), repeats=4) == (1.0, 3.0)
+    assert "".join(calls) == "AB" + "ABBAABBA"  # a warm-up of each, then ABBA order
+
+
 def test_a_failed_measurement_is_reported_and_the_others_kept(tmp_path, monkeypatch):
     import importlib.util
 

@@ -82,11 +82,15 @@ def timed_runs(function: Callable[[], object], device: torch.device, warmup: int
 def alternating_runs(first: Callable[[], object], second: Callable[[], object], device: torch.device, repeats: int) -> Tuple[float, float]:
     """Median seconds of ``first`` and of ``second``, run alternately ``repeats`` times each (after
     one warm-up of each): a ratio of the two then sees the same machine state, which separate
-    measurement processes on a shared machine do not."""
+    measurement processes on a shared machine do not. The order flips every pair (ABBA...), so
+    neither always runs on the caches the other left."""
     first(), second()
     _sync(device)
-    pairs = [(_seconds(first, device), _seconds(second, device)) for _ in range(repeats)]
-    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
+    times: Tuple[List[float], List[float]] = ([], [])
+    for repeat in range(repeats):
+        for which in ((0, 1) if repeat % 2 == 0 else (1, 0)):
+            times[which].append(_seconds(first if which == 0 else second, device))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _seconds(function: Callable[[], object], device: torch.device) -> float:
