@@ -328,13 +328,15 @@ def test_missed_region_clicks_go_to_the_largest_miss_or_else_inside_the_class() 
     assert clicks[2] == initial_clicks(gt, [2])[0]  # nothing missed: clicked deep inside
 
 
-def test_missed_region_clicks_never_click_ignore_and_check_shapes() -> None:
+def test_missed_region_clicks_on_background_and_bad_input() -> None:
     gt = np.zeros((20, 20), np.int64)
     gt[5:15, 5:15] = 1
-    gt[5:15, 5:8] = 255
-    pred = np.zeros_like(gt)
-    (click,) = missed_region_clicks(gt, pred, [1], ignore_label=255)
-    assert gt[click.y, click.x] == 1
+    pred = gt.copy()
+    pred[0:3, 0:20] = 1  # an invented strip: background missed there
+    (click,) = missed_region_clicks(gt, pred, [0])
+    assert click.label == 0 and click.y < 3  # in the missed background, not in the correct rest
+    with pytest.raises(InputError, match="ignore_label=255"):
+        missed_region_clicks(gt, pred, [1, 255], ignore_label=255)
     with pytest.raises(InputError, match=r"\(20, 20\).*\(20, 21\)"):
         missed_region_clicks(gt, np.zeros((20, 21), np.int64), [1])
 

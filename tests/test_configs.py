@@ -46,6 +46,9 @@ def test_unknown_keys_and_bad_values_are_clear_errors(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
     with pytest.raises(InputError, match="BETA"):
         load_config(str(CONFIGS / "phantom/s2vnet_phantom.yaml"), ["MODEL.S2VNET.INTERACTION.BETA", "1.5"])
+    for key in ("CLICK_PROB", "TRAIN_MISSED_CLICK_PROB"):
+        with pytest.raises(InputError, match=f"INTERACTION.{key} = 1.5: must lie in"):
+            load_config(None, [f"MODEL.S2VNET.INTERACTION.{key}", "1.5"])
     with pytest.raises(InputError, match="NO_SUCH_KEY"):
         load_config(None, ["MODEL.NO_SUCH_KEY", "1"])
     with pytest.raises(InputError, match="AGGREGATION"):

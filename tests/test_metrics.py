@@ -447,5 +447,8 @@ def test_boundary_band_dsc_perfect_absent_and_bad_width() -> None:
     pred = gt.copy()
     pred[0, 0, 0] = 3  # class 3 only predicted: nothing to compare with
     assert np.isnan(boundary_band_dsc(pred, gt, [3])[3])
+    assert boundary_band_dsc(pred, gt, [3], protocol="word")[3] == 0.0  # as the WORD script scores it
     with pytest.raises(InputError, match="width=0"):
         boundary_band_dsc(gt, gt, [2], width=0)
+    with pytest.raises(InputError, match="pred_labels"):
+        boundary_band_dsc(gt[None, None], gt[None, None], [2])  # 4D

@@ -129,6 +129,23 @@ def test_first_clicks_at_misses_land_where_the_automatic_prediction_misses(monke
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+def test_first_clicks_without_the_option_keep_the_random_stream():
+    """At TRAIN_MISSED_CLICK_PROB = 0 (the default) training draws exactly what it drew before the
+    option existed, so earlier runs repeat."""
+    from s2vnet.data.clicks import initial_clicks
+
+    model = tiny_model().train()
+    clip = synthetic_clip(seed=1)
+    labels = clip["sem_seg"][:1].numpy()
+    present = sorted(int(c) for c in np.unique(labels) if 0 < c < 255)
+    reference = np.random.default_rng()
+    reference.bit_generator.state = model.rng.bit_generator.state
+    clicks = model.first_clicks(model.encode(clip["image"][:1]), labels, [present])
+    expected = initial_clicks(labels[0], present, rng=reference, jitter_fraction=model.click_jitter, ignore_label=model.ignore_label)
+    assert clicks == [expected]
+    assert model.rng.bit_generator.state == reference.bit_generator.state
+
+
 def test_every_parameter_gets_a_gradient_on_a_clip_without_foreground():
     model = tiny_model().train()
     clip = synthetic_clip(seed=3)

@@ -36,12 +36,17 @@ def test_folder_evaluation_on_the_real_ct(real_seg_path, tmp_path):
     for row in rows.values():
         assert 0.0 < row["dsc"] < 1.0
         assert row["hd95"] == pytest.approx(6.0, abs=0.01)  # a pure 6 mm translation
-    assert (tmp_path / "report/summary.md").read_text().count("| Automatic |") == 1
+        # A 2-voxel shift errs in strips 2 voxels wide: the band keeps the half next to the boundary.
+        assert row["dsc"] < row["band_dsc"] < 1.0
+    summary = (tmp_path / "report/summary.md").read_text()
+    assert summary.count("| Automatic |") == 1 and "Boundary band" in summary
+    assert "band_dsc" in (tmp_path / "report/results.csv").read_text().splitlines()[0]
     # Identical folders score perfectly.
     result = _tool("tools/eval_volume.py", "--pred-dir", gt_dir, "--gt-dir", gt_dir, "--output", tmp_path / "perfect")
     perfect = json.loads((tmp_path / "perfect/results.json").read_text())
     assert perfect["automatic"]["overall"]["dsc"] == pytest.approx(1.0)
     assert perfect["automatic"]["overall"]["hd95"] == pytest.approx(0.0)
+    assert perfect["automatic"]["overall"]["band_dsc"] == pytest.approx(1.0)
 
 
 def test_folder_evaluation_errors_name_the_problem(real_seg_path, tmp_path):

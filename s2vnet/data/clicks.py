@@ -35,7 +35,7 @@ from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Click", "deepest_point", "initial_clicks", "corrective_clicks"]
+__all__ = ["Click", "deepest_point", "initial_clicks", "corrective_clicks", "missed_region_clicks"]
 
 # Face connectivity (6-neighbourhood in 3D, 4 in 2D), scipy's default: regions that touch only at
 # an edge or corner are different regions. With thick axial slices, diagonal neighbours across
@@ -445,11 +445,12 @@ def missed_region_clicks(
         raise InputError(
             f"gt_labels has shape {gt_labels.shape} but pred_labels has shape {pred_labels.shape}: they must match"
         )
-    # The missed voxels keep their true label and everything else becomes 0, so the largest
-    # component of class c in ``missed`` is c's largest false-negative component.
-    missed = np.where(gt != pred, gt, 0).reshape(gt_labels.shape)
-    clicks = initial_clicks(missed, class_ids, spacing, rng, jitter_fraction, ignore_label)
-    unmissed = sorted(set(_check_class_ids(class_ids, ignore_label)) - {click.label for click in clicks})
-    clicks += initial_clicks(gt_labels, unmissed, spacing, rng, jitter_fraction, ignore_label)
+    clicks: list[Click] = []
+    for c in _check_class_ids(class_ids, ignore_label):
+        # Class c's false negatives keep the label c and everything else gets another one, so the
+        # largest component of c in ``missed`` is c's largest false-negative component.
+        missed = np.where((gt == c) & (pred != c), c, 1 if c == 0 else 0).reshape(gt_labels.shape)
+        found = initial_clicks(missed, [c], spacing, rng, jitter_fraction, ignore_label)
+        clicks += found or initial_clicks(gt_labels, [c], spacing, rng, jitter_fraction, ignore_label)
     clicks.sort(key=lambda k: k.label)
     return clicks

@@ -15,6 +15,8 @@ Conventions implemented (each function's docstring gives the details and the sou
 * :func:`hd95_word_protocol`, :func:`dice_word_protocol` -- the WORD benchmark's own script
   (``word_metrics_computing.py`` in HiLab-git/WORD, built on MedPy), so numbers compare with the
   published WORD tables.
+* :func:`boundary_band_dsc` -- a diagnostic, not a benchmark metric: the DSC left with only the
+  errors in the ground truth's boundary band, i.e. what corrections of whole regions could reach.
 
 Speed: before any surface work both masks are cropped to the bounding box of their union and
 padded with one background voxel on every side. Both surface definitions treat everything outside
@@ -53,6 +55,7 @@ __all__ = [
     "hd95_word_protocol",
     "dice_word_protocol",
     "score_case",
+    "boundary_band_dsc",
 ]
 
 logger = logging.getLogger(__name__)
@@ -708,7 +711,9 @@ def score_case(
 # --------------------------------------------------------------------------------------------
 
 
-def boundary_band_dsc(pred_labels: np.ndarray, gt_labels: np.ndarray, class_ids: Sequence[int], width: int = 1) -> dict[int, float]:
+def boundary_band_dsc(
+    pred_labels: np.ndarray, gt_labels: np.ndarray, class_ids: Sequence[int], width: int = 1, protocol: str = "standard"
+) -> dict[int, float]:
     """Per class, the DSC left if every error voxel outside the ground truth's boundary band were corrected.
 
     The band of class ``c`` is every voxel within ``width`` face-connected steps of its
@@ -716,13 +721,16 @@ def boundary_band_dsc(pred_labels: np.ndarray, gt_labels: np.ndarray, class_ids:
     ``width`` iterations). Errors in it are boundary placement; errors outside it are regions
     missed or invented. The value is the DSC of the prediction with only its band errors left: no
     correction that leaves the boundary band as it is (a click per region, say) can score above
-    it, so ``band DSC - DSC`` is what such corrections could still gain. NaN where ``c`` is absent
-    from the ground truth (nothing is left to compare with).
+    it, so ``band DSC - DSC`` is what such corrections could still gain. Where ``c`` is absent from
+    the ground truth the corrected prediction is empty too: NaN under ``protocol="standard"``
+    (both empty), 0 under ``"word"`` (its DSC of an empty mask), as :func:`score_case` scores it.
 
     Label maps are 2D or 3D integer arrays of one shape; ``width`` >= 1.
     """
     pred_arr, gt_arr = _as_label_map("pred_labels", pred_labels), _as_label_map("gt_labels", gt_labels)
     _check_same_shape(pred_arr, gt_arr, "pred_labels", "gt_labels")
+    _check_surface_ndim(pred_arr.shape, "pred_labels")
+    _check_protocol(protocol)
     ids = _check_class_ids(class_ids)
     if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
         raise InputError(f"width={width!r}: the boundary band width must be an integer number of voxels >= 1")
@@ -731,7 +739,7 @@ def boundary_band_dsc(pred_labels: np.ndarray, gt_labels: np.ndarray, class_ids:
     scores: dict[int, float] = {}
     for c in ids:
         if gt_boxes[c] is None:
-            scores[c] = math.nan
+            scores[c] = 0.0 if protocol == "word" else math.nan
             continue
         box = _union_box(pred_boxes[c], gt_boxes[c])
         # A margin of `width` lets the dilation reach past the union box; outside it both masks are empty.

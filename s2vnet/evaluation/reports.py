@@ -22,6 +22,7 @@ from s2vnet.utils.atomic import atomic_path, write_json_atomic, write_text_atomi
 
 # band_dsc: the DSC left with only the errors in the ground truth's boundary band (a diagnostic, see
 # s2vnet.evaluation.metrics.boundary_band_dsc); band_dsc - dsc is what correcting the rest could gain.
+# Where the ground truth lacks the class it is NaN (left out of means), or 0 under the WORD protocol.
 METRICS = ("dsc", "hd95", "nsd", "band_dsc")
 NOC_THRESHOLDS = (0.85, 0.90)
 

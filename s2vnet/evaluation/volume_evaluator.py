@@ -38,7 +38,7 @@ BOUNDARY_BAND_VOXELS = 1
 def score_rows(case: str, pred: np.ndarray, gt: np.ndarray, spacing, class_ids, class_names, tolerance, protocol, **extra) -> List[Dict]:
     """Rows of one case (and round) for every class in ``class_ids``."""
     scores = score_case(pred, gt, spacing, class_ids, nsd_tolerance_mm=tolerance, protocol=protocol)
-    band = boundary_band_dsc(pred, gt, class_ids, width=BOUNDARY_BAND_VOXELS)
+    band = boundary_band_dsc(pred, gt, class_ids, width=BOUNDARY_BAND_VOXELS, protocol=protocol)
     return [
         {"case": case, "class_id": int(c), "class_name": class_names[c], "dsc": s.dsc, "hd95": s.hd95, "nsd": s.nsd, "band_dsc": band[c], **extra}
         for c, s in scores.items()
@@ -88,7 +88,7 @@ def _load_rows(path: Path) -> Dict[str, List[Dict]]:
 
     def restore(row):
         for metric in METRICS:
-            value = row[metric]
+            value = row.get(metric)
             row[metric] = math.nan if value is None else (math.inf if value == "inf" else float(value))
         return row
 
