@@ -107,6 +107,17 @@ def _check_labels(array: np.ndarray, name: str) -> np.ndarray:
     return volume
 
 
+def _check_label_pair(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ground-truth and predicted labels of one shape; return both as (Z, Y, X)."""
+    gt = _check_labels(gt_labels, "gt_labels")
+    pred = _check_labels(pred_labels, "pred_labels")
+    if gt_labels.shape != pred_labels.shape:
+        raise InputError(
+            f"gt_labels has shape {gt_labels.shape} but pred_labels has shape {pred_labels.shape}: they must match"
+        )
+    return gt, pred
+
+
 def _check_spacing(spacing: Optional[Sequence[float]], ndim: int) -> tuple[float, float]:
     """Validate ``spacing`` (one value per input axis) and return the in-plane (y, x) spacing."""
     if spacing is None:
@@ -372,12 +383,7 @@ def corrective_clicks(
     Returns:
         Clicks sorted by class id of the erroneous class (one per class with errors).
     """
-    gt = _check_labels(gt_labels, "gt_labels")
-    pred = _check_labels(pred_labels, "pred_labels")
-    if gt_labels.shape != pred_labels.shape:
-        raise InputError(
-            f"gt_labels has shape {gt_labels.shape} but pred_labels has shape {pred_labels.shape}: they must match"
-        )
+    gt, pred = _check_label_pair(gt_labels, pred_labels)
     inplane = _check_spacing(spacing, gt_labels.ndim)
     fraction = _check_jitter(rng, jitter_fraction)
     ids = _check_class_ids(class_ids, ignore_label)
@@ -439,12 +445,7 @@ def missed_region_clicks(
     Returns:
         Clicks sorted by class id, each with ``label`` = its class.
     """
-    gt = _check_labels(gt_labels, "gt_labels")
-    pred = _check_labels(pred_labels, "pred_labels")
-    if gt_labels.shape != pred_labels.shape:
-        raise InputError(
-            f"gt_labels has shape {gt_labels.shape} but pred_labels has shape {pred_labels.shape}: they must match"
-        )
+    gt, pred = _check_label_pair(gt_labels, pred_labels)
     clicks: list[Click] = []
     for c in _check_class_ids(class_ids, ignore_label):
         # Class c's false negatives keep the label c and everything else gets another one, so the

@@ -86,10 +86,11 @@ def alternating_runs(first: Callable[[], object], second: Callable[[], object], 
     neither always runs on the caches the other left."""
     first(), second()
     _sync(device)
+    functions = (first, second)
     times: Tuple[List[float], List[float]] = ([], [])
     for repeat in range(repeats):
         for which in ((0, 1) if repeat % 2 == 0 else (1, 0)):
-            times[which].append(_seconds(first if which == 0 else second, device))
+            times[which].append(_seconds(functions[which], device))
     return statistics.median(times[0]), statistics.median(times[1])
 
 
