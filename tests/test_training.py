@@ -123,9 +123,19 @@ def test_evaluation_reports_and_resume(trained_phantom, tmp_path):
     cfg, model = trained_phantom
     predictor = VolumePredictor.from_config(cfg, model)
     results = evaluate_dataset(cfg, predictor, cfg.DATASETS.TEST[0], tmp_path, rounds=3, progress=False)
-    for name in ("results.json", "results.csv", "summary.md", "dsc_per_round.png"):
+    for name in ("results.json", "results.csv", "summary.md", "dsc_per_round.png", "clicks.csv"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "results.json").read_text())
+    # What each click did: one record per click (at most one first click per class and volume).
+    clicks = saved["clicks"]
+    num_cases = len({r["case"] for r in saved["per_case"]})
+    first = clicks["by_kind"]["first"]["clicks"]
+    assert 0 < first <= 7 * num_cases
+    assert set(clicks["voxels_per_round"]) <= {"1", "2", "3"} and "1" in clicks["voxels_per_round"]
+    later = clicks["by_kind"]["positive"]["clicks"] + clicks["by_kind"]["negative"]["clicks"]
+    with open(tmp_path / "clicks.csv") as handle:
+        assert sum(1 for _ in handle) == 1 + first + later
+    assert "What the clicks did" in (tmp_path / "summary.md").read_text()
     rows = saved["per_case"]
     assert {"case", "class_id", "class_name", "dsc", "hd95", "nsd"} <= set(rows[0])
     assert {r["round"] for r in rows if r["mode"] == "interactive"} == {0, 1, 2, 3}

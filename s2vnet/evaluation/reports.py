@@ -1,5 +1,5 @@
 """Evaluation reports: results.json, results.csv, summary.md (the paper's Table 1 layout) and
-dsc_per_round.png (the paper's Fig. 5), from per-case rows.
+dsc_per_round.png (the paper's Fig. 5), from per-case rows; clicks.csv from click records.
 
 A row is ``{"case", "class_id", "class_name", "dsc", "hd95", "nsd", "band_dsc", "mode"}``; interactive rows
 also carry ``"round"`` (round 0 is the automatic prediction the session starts from).
@@ -18,6 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from s2vnet.evaluation.click_diagnostics import CLICK_FIELDS, clicks_markdown, summarize_clicks
 from s2vnet.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 
 # band_dsc: the DSC left with only the errors in the ground truth's boundary band (a diagnostic, see
@@ -111,8 +112,12 @@ def write_reports(
     abbrevs: Sequence[str],
     max_rounds: int,
     settings: Dict,
+    clicks: Sequence[Dict] = (),
+    round_changes: Sequence[Dict] = (),
 ) -> Dict:
-    """Write results.json, results.csv, summary.md and (with interactive rows) dsc_per_round.png."""
+    """Write results.json, results.csv, summary.md and (with interactive rows) dsc_per_round.png;
+    with click records (:mod:`s2vnet.evaluation.click_diagnostics`) also clicks.csv, and their
+    summary in results.json (``clicks``) and summary.md."""
     output_dir = Path(output_dir)
     per_case = [dict(r) for r in automatic] + [dict(r) for r in interactive]
     results = {
@@ -126,15 +131,12 @@ def write_reports(
         results["interactive"]["rounds"] = final_round
         results["dsc_per_round"] = {str(k): v for k, v in dsc_per_round(interactive).items()}
         results["noc"] = {f"NoC@{int(t * 100)}": number_of_clicks(interactive, t, max_rounds) for t in NOC_THRESHOLDS}
+    if clicks:
+        results["clicks"] = summarize_clicks(clicks, round_changes)
     write_json_atomic(output_dir / "results.json", _json_safe(results))
-
-    buffer = io.StringIO()
-    fields = ["case", "mode", "round", "class_id", "class_name", *METRICS]
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for row in per_case:
-        writer.writerow({k: row.get(k) for k in fields})
-    write_text_atomic(output_dir / "results.csv", buffer.getvalue())
+    write_text_atomic(output_dir / "results.csv", _csv_text(per_case, ["case", "mode", "round", "class_id", "class_name", *METRICS]))
+    if clicks:
+        write_text_atomic(output_dir / "clicks.csv", _csv_text(clicks, CLICK_FIELDS))
 
     lines = ["# Evaluation summary", ""]
     lines += [f"- {key}: {value}" for key, value in settings.items()]
@@ -145,6 +147,8 @@ def write_reports(
         lines.append(", ".join(f"{k} = {_fmt(v)}" for k, v in results["noc"].items()) + f" (clicks per organ; {max_rounds} = not reached)")
         lines.append("")
         _plot_rounds(output_dir / "dsc_per_round.png", dsc_per_round(interactive))
+    if clicks:
+        lines.append(clicks_markdown(results["clicks"]))
     band = [(name, results[mode]["overall"]) for name, mode in (("automatic", "automatic"), (f"after round {final_round}", "interactive")) if results.get(mode)]
     if band:
         lines.append(
@@ -161,6 +165,15 @@ def write_reports(
         )
     write_text_atomic(output_dir / "summary.md", "\n".join(lines) + "\n")
     return results
+
+
+def _csv_text(rows: Sequence[Dict], fields: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) for k in fields})
+    return buffer.getvalue()
 
 
 def _plot_rounds(path: Path, per_round: Dict[int, Optional[float]]) -> None:

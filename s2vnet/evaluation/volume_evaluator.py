@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from s2vnet.data.clicks import corrective_clicks, initial_clicks
+from s2vnet.evaluation.click_diagnostics import click_records, fused_scores_at, round_change
 from s2vnet.evaluation.metrics import boundary_band_dsc, score_case
 from s2vnet.evaluation.reports import METRICS, _json_safe, write_reports
 from s2vnet.utils.atomic import write_json_atomic
@@ -57,16 +58,20 @@ def evaluate_volume(
     tolerance: float,
     protocol: str,
 ) -> Dict[str, List[Dict]]:
-    """Automatic rows and, with ``rounds`` > 0, interactive rows for rounds 0..rounds of one volume."""
+    """Automatic rows and, with ``rounds`` > 0, interactive rows for rounds 0..rounds of one volume,
+    with a record of what each click did (``clicks``) and the voxels each round fixed and broke
+    (``round_changes``; :mod:`s2vnet.evaluation.click_diagnostics`)."""
     from s2vnet.inference.session import InteractiveSession  # inference builds on the model
 
     if rounds == 0:
         labels = predictor.predict_automatic(image).labels
-        return {"automatic": score_rows(case, labels, gt, spacing, class_ids, class_names, tolerance, protocol, mode="automatic"), "interactive": []}
+        automatic = score_rows(case, labels, gt, spacing, class_ids, class_names, tolerance, protocol, mode="automatic")
+        return {"automatic": automatic, "interactive": [], "clicks": [], "round_changes": []}
     session = InteractiveSession(predictor, image)
     current = session.result().labels  # the automatic prediction, from the same features
     automatic = score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, mode="automatic")
     interactive = [dict(row, mode="interactive", round=0) for row in automatic]
+    records, changes = [], []
     for round_index in range(1, rounds + 1):
         if round_index == 1:
             clicks = initial_clicks(gt, class_ids, spacing=spacing)
@@ -76,11 +81,14 @@ def evaluate_volume(
             rows = [dict(row, round=round_index) for row in interactive if row["round"] == round_index - 1]
             interactive += rows
             continue
+        scores_before = fused_scores_at(session, clicks)
         for click in clicks:
             session.click(click.z, click.y, click.x, click.label)
-        current = session.run().labels
+        previous, current = current, session.run().labels
+        records += click_records(case, round_index, clicks, previous, current, scores_before, fused_scores_at(session, clicks), class_names)
+        changes.append(round_change(case, round_index, previous, current, gt))
         interactive += score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, mode="interactive", round=round_index)
-    return {"automatic": automatic, "interactive": interactive}
+    return {"automatic": automatic, "interactive": interactive, "clicks": records, "round_changes": changes}
 
 
 def _load_rows(path: Path) -> Dict[str, List[Dict]]:
@@ -92,7 +100,8 @@ def _load_rows(path: Path) -> Dict[str, List[Dict]]:
             row[metric] = math.nan if value is None else (math.inf if value == "inf" else float(value))
         return row
 
-    return {mode: [restore(r) for r in data[mode]] for mode in ("automatic", "interactive")}
+    rows = {mode: [restore(r) for r in data[mode]] for mode in ("automatic", "interactive")}
+    return {**rows, "clicks": data["clicks"], "round_changes": data["round_changes"]}
 
 
 def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds: int, progress: bool = True) -> Dict:
@@ -119,6 +128,7 @@ def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds
         "adaptive_sampling": cfg.MODEL.S2VNET.INTERACTION.ADAPTIVE_SAMPLING,
         "beta": cfg.MODEL.S2VNET.INTERACTION.BETA,
         "boundary_band_voxels": BOUNDARY_BAND_VOXELS,  # case files scored before band_dsc existed are redone
+        "click_records": True,  # and those written before they recorded what each click did
     }
     output_dir = Path(output_dir)
     case_dir = output_dir / "cases"
@@ -139,12 +149,14 @@ def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds
     comm.synchronize()
     if not comm.is_main_process():
         return {}
-    automatic, interactive = [], []
+    automatic, interactive, clicks, changes = [], [], [], []
     for record in records:
         rows = _load_rows(case_dir / f"{record['case_id']}.json")
         automatic += rows["automatic"]
         interactive += rows["interactive"]
-    return write_reports(output_dir, automatic, interactive, class_ids, class_names, abbrevs, rounds, settings)
+        clicks += rows["clicks"]
+        changes += rows["round_changes"]
+    return write_reports(output_dir, automatic, interactive, class_ids, class_names, abbrevs, rounds, settings, clicks=clicks, round_changes=changes)
 
 
 def evaluate_datasets(cfg, model, dataset_names: Sequence[str], output_dir, interactive_rounds: int = 0) -> Dict[str, Dict]:
