@@ -1,4 +1,6 @@
 """Click records of the interactive evaluation, against hand-made labels and scores."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -34,20 +36,37 @@ def test_fused_scores_at_reads_each_clicked_slice_once():
 
 def test_click_records_say_what_each_click_did():
     before = np.zeros((2, 2, 2), np.uint8)
+    before[0, 1, 1] = 2  # spleen predicted where the ground truth says liver
     after = before.copy()
-    after[1, 0, 0] = 1  # the positive click's voxel became liver
-    clicks = [Click(z=1, y=0, x=0, label=1), Click(z=0, y=1, x=1, label=0)]
-    scores_before = [np.array([0.9, 0.3, 0.1]), np.array([0.4, 0.2, 0.8])]
-    scores_after = [np.array([0.7, 0.95, 0.1]), np.array([0.6, 0.2, 0.8])]
+    after[1, 0, 0] = 1  # the click on predicted background became liver
+    clicks = [Click(z=1, y=0, x=0, label=1), Click(z=0, y=1, x=1, label=1), Click(z=0, y=1, x=1, label=0)]
+    scores_before = [np.array([0.9, 0.3, 0.1]), np.array([0.1, 0.3, 0.8]), np.array([0.4, 0.2, 0.8])]
+    scores_after = [np.array([0.7, 0.95, 0.1]), np.array([0.1, 0.5, 0.8]), np.array([0.6, 0.2, 0.8])]
     first = click_records("c", 1, clicks[:1], before, after, scores_before[:1], scores_after[:1], NAMES)
     assert first[0]["kind"] == "first"
-    records = click_records("c", 2, clicks, before, after, scores_before, scores_after, NAMES)
-    positive, negative = records
-    assert positive == {
-        "case": "c", "round": 2, "z": 1, "y": 0, "x": 0, "label": 1, "class_name": "liver", "kind": "positive",
+    missed, wrong_organ, negative = click_records("c", 2, clicks, before, after, scores_before, scores_after, NAMES)
+    assert missed == {
+        "case": "c", "round": 2, "z": 1, "y": 0, "x": 0, "label": 1, "class_name": "liver", "kind": "missed",
         "label_before": 0, "label_after": 1, "score_before": 0.3, "score_after": 0.95, "best_other_after": 0.7,
     }
-    assert negative["kind"] == "negative" and negative["best_other_after"] == 0.8 and negative["label_after"] == 0
+    assert wrong_organ["kind"] == "wrong_organ" and wrong_organ["label_before"] == 2 and wrong_organ["best_other_after"] == 0.8
+    assert negative["kind"] == "negative" and negative["best_other_after"] == 0.8 and negative["label_after"] == 2
+    with pytest.raises(ValueError):  # scores that do not follow the clicks
+        click_records("c", 2, clicks, before, after, scores_before[:2], scores_after, NAMES)
+
+
+def test_a_voxel_clicked_twice_in_a_round_is_one_record():
+    """One organ's false positive can be another's false negative: the protocol clicks its deepest
+    voxel once per class, with the same (true) label; that is one click of the user's."""
+    from s2vnet.data.clicks import corrective_clicks
+
+    gt = np.ones((1, 5, 5), np.uint8)
+    pred = np.full((1, 5, 5), 2, np.uint8)
+    clicks = corrective_clicks(gt, pred, [1, 2])
+    assert clicks == [clicks[0], clicks[0]]  # liver missed, spleen invented: the same voxel, labelled liver
+    scores = [np.array([0.0, 0.2, 0.9])] * 2
+    records = click_records("c", 2, clicks, pred, pred, scores, scores, NAMES)
+    assert len(records) == 1 and records[0]["kind"] == "wrong_organ"
 
 
 def test_round_change_counts_voxels_made_right_and_made_wrong():
@@ -64,9 +83,9 @@ def test_summary_counts_clicks_on_wrong_voxels_and_their_medians():
 
     records = [
         record("first", 1, 1, 1, 0.9, 0.95, 0.1, round_index=1),
-        record("positive", 1, 0, 1, 0.2, 0.9, 0.6),  # on a wrong voxel, fixed
-        record("positive", 1, 0, 0, 0.4, 0.7, 0.95),  # on a wrong voxel, still wrong
-        record("positive", 2, 1, 1, 0.1, 0.2, 0.9),  # its voxel was wrong (1, not 2) and still is
+        record("missed", 1, 0, 1, 0.2, 0.9, 0.6),  # on a wrong voxel, fixed
+        record("missed", 1, 0, 0, 0.4, 0.7, 0.95),  # on a wrong voxel, still wrong
+        record("wrong_organ", 2, 1, 1, 0.1, 0.2, 0.9),  # its voxel was wrong (1, not 2) and still is
         record("negative", 0, 2, 0, 0.3, 0.9, 0.5),
     ]
     changes = [{"round": 1, "fixed": 5, "broken": 2}, {"round": 2, "fixed": 7, "broken": 1}, {"round": 2, "fixed": 1, "broken": 0}]
@@ -75,12 +94,75 @@ def test_summary_counts_clicks_on_wrong_voxels_and_their_medians():
         "clicks": 1, "on_wrong_voxel": 0, "own_voxel_fixed": 0,
         "median_score_before": None, "median_score_after": None, "median_best_other_after": None,
     }
-    positive = summary["by_kind"]["positive"]
-    assert (positive["clicks"], positive["on_wrong_voxel"], positive["own_voxel_fixed"]) == (3, 3, 1)
-    assert positive["median_score_before"] == pytest.approx(0.2) and positive["median_best_other_after"] == pytest.approx(0.9)
+    missed = summary["by_kind"]["missed"]
+    assert (missed["clicks"], missed["on_wrong_voxel"], missed["own_voxel_fixed"]) == (2, 2, 1)
+    assert missed["median_score_before"] == pytest.approx(0.3) and missed["median_best_other_after"] == pytest.approx(0.775)
+    assert summary["by_kind"]["wrong_organ"]["own_voxel_fixed"] == 0
     assert summary["voxels_per_round"] == {"1": {"fixed": 5, "broken": 2}, "2": {"fixed": 8, "broken": 1}}
     text = clicks_markdown(summary)
     assert "first clicks (round 1): 1, none on a wrong voxel" in text
-    assert "later positive clicks: 1 of 3 made their own (wrong) voxel right;" in text
-    assert "later negative clicks: 1 of 1" in text and "1: +5 / -2, 2: +8 / -1" in text
+    assert "later clicks of an organ on predicted background: 1 of 2 made their own (wrong) voxel right;" in text
+    assert "later clicks of the background: 1 of 1" in text and "1: +5 / -2, 2: +8 / -1" in text
     assert clicks_markdown(summarize_clicks([], [])) == ""
+
+
+class RowPaintingSession:
+    """An interactive session on a 1 x 4 x 4 volume with explicit fused scores: the automatic
+    prediction is all background (0.6); round r's click of class c gives c the score 0.6 + 0.1 r
+    on the click's whole row (so later rounds win, and there are no ties)."""
+
+    def __init__(self, predictor, image):
+        self.scores = torch.zeros(3, 1, 4, 4)
+        self.scores[0] = 0.6
+        self.pending, self.rounds = [], 0
+
+    def click(self, z, y, x, label):
+        self.pending.append((z, y, label))
+
+    def run(self):
+        self.rounds += 1
+        for z, y, label in self.pending:
+            self.scores[label, z, y] = 0.6 + 0.1 * self.rounds
+        self.pending = []
+        return self.result()
+
+    def result(self):
+        return SimpleNamespace(labels=self.scores.max(0).indices.numpy().astype(np.uint8))
+
+    def native_fused_scores(self, z):
+        return self.scores[:, z].clone()
+
+
+def _evaluate_with_row_painting(monkeypatch, gt, rounds):
+    import s2vnet.inference.session as session_module
+    from s2vnet.evaluation.volume_evaluator import evaluate_volume
+
+    monkeypatch.setattr(session_module, "InteractiveSession", RowPaintingSession)
+    return evaluate_volume(None, "c", gt, gt, (1.0, 1.0, 1.0), [1, 2], NAMES, rounds=rounds, tolerance=1.0, protocol="standard")
+
+
+def test_evaluate_volume_records_what_each_round_and_click_did(monkeypatch):
+    gt = np.zeros((1, 4, 4), np.uint8)
+    gt[0, 1, :] = 1  # liver: all of row 1, which its first click paints exactly
+    gt[0, 2:, 1:3] = 2  # spleen: a 2 x 2 block; a click paints the whole of one of its rows
+    result = _evaluate_with_row_painting(monkeypatch, gt, rounds=4)
+    records, changes = result["clicks"], result["round_changes"]
+    for r in records:  # the labels before and after are the argmax of the fused scores recorded
+        assert (r["label_after"] == r["label"]) == (r["score_after"] > r["best_other_after"])
+        assert r["score_before"] < r["score_after"]
+    # Round 1: liver's row (+4) and half of a spleen row (+2, -2 beside it). Round 2: spleen's other
+    # row is missed (the largest error): the same again. Round 3: the background takes back the
+    # false positives of one row with the spleen there (+2, -2), and round 4 the spleen again.
+    assert [r["kind"] for r in records] == ["first", "first", "missed", "negative", "missed"]
+    assert [(c["round"], c["fixed"], c["broken"]) for c in changes] == [(1, 6, 2), (2, 2, 2), (3, 2, 2), (4, 2, 2)]
+
+
+def test_rounds_without_clicks_repeat_the_scores_and_record_nothing(monkeypatch):
+    gt = np.zeros((1, 4, 4), np.uint8)
+    gt[0, 1, :] = 1
+    gt[0, 2, :] = 2  # both organs are whole rows: the first clicks segment them exactly
+    result = _evaluate_with_row_painting(monkeypatch, gt, rounds=3)
+    assert [c["round"] for c in result["round_changes"]] == [1]
+    assert {r["round"] for r in result["clicks"]} == {1}
+    assert {row["round"] for row in result["interactive"]} == {0, 1, 2, 3}
+    assert all(row["dsc"] == 1.0 for row in result["interactive"] if row["round"] >= 1)

@@ -4,20 +4,32 @@ The interactive DSC per round says how much the clicks helped, not why. These re
 click: was its own voxel wrong before the round, is it right after, and what did eq. 9's fused
 scores look like there (its class before and after the round, the best other class after). A
 click of class c only raises class c's scores (eq. 9 takes a per-class maximum over rounds), so a
-click whose class still loses at its own voxel shows up as ``score_after < best_other_after``.
-Per round, the voxels the round fixed and broke anywhere in the volume say whether a click's
-effect spread well or badly.
+click whose class still loses at its own voxel shows up as ``score_after <= best_other_after``
+(ties go to the lower class id). Per round, the voxels the round fixed and broke anywhere in the
+volume say whether a click's effect spread well or badly.
 
 A record: ``{"case", "round", "z", "y", "x", "label", "class_name", "kind", "label_before",
-"label_after", "score_before", "score_after", "best_other_after"}``, where ``kind`` is
-``"first"`` (round 1, the protocol's click deep inside the class), ``"positive"`` (a later click of
-a foreground class, on a voxel the prediction gave to another class) or ``"negative"`` (a later
-click of the background class, on a false positive); scores are eq. 9's fused class scores on the
-native grid, in [0, 1].
+"label_after", "score_before", "score_after", "best_other_after"}``; scores are eq. 9's fused
+class scores on the native grid, in [0, 1]. ``kind`` is one of :data:`CLICK_KINDS`:
+
+* ``first``: round 1, the protocol's click deep inside the class (usually on a voxel already right);
+* ``missed``: a later click of an organ on a voxel predicted as background;
+* ``wrong_organ``: a later click of an organ on a voxel predicted as another organ (the protocol's
+  click on one organ's false positive where another organ really is, or on a false negative);
+* ``negative``: a later click of the background on an organ's false positive.
+
+Later clicks are on a wrong voxel by construction. Two classes' error regions can share their
+deepest voxel (one organ's false positive is another's false negative); the protocol then clicks
+it twice in one round, which is one click of the user's and is recorded once.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
+import torch
+
+from s2vnet.data.clicks import Click
+
+CLICK_KINDS = ("first", "missed", "wrong_organ", "negative")
 
 # Fields of a click record, in the order of clicks.csv.
 CLICK_FIELDS = (
@@ -26,8 +38,23 @@ CLICK_FIELDS = (
 )
 
 
-def fused_scores_at(session, clicks: Sequence) -> List[np.ndarray]:
-    """Eq. 9's fused class scores (K,) of ``session`` at each click's voxel (one slice decode per slice)."""
+class FusedScores(Protocol):
+    """What the records read from an interactive session (:class:`s2vnet.inference.session.InteractiveSession`)."""
+
+    def native_fused_scores(self, z: int) -> torch.Tensor: ...
+
+
+def click_kind(round_index: int, label: int, label_before: int) -> str:
+    """One of :data:`CLICK_KINDS` for a click of ``label`` on a voxel predicted ``label_before``."""
+    if round_index == 1:
+        return "first"
+    if label == 0:
+        return "negative"
+    return "missed" if label_before == 0 else "wrong_organ"
+
+
+def fused_scores_at(session: FusedScores, clicks: Sequence[Click]) -> List[np.ndarray]:
+    """Eq. 9's fused class scores (K,) of ``session`` at each click's voxel (each clicked slice fused once)."""
     by_slice: Dict[int, np.ndarray] = {}
     for click in clicks:
         if click.z not in by_slice:
@@ -38,26 +65,30 @@ def fused_scores_at(session, clicks: Sequence) -> List[np.ndarray]:
 def click_records(
     case: str,
     round_index: int,
-    clicks: Sequence,
+    clicks: Sequence[Click],
     labels_before: np.ndarray,
     labels_after: np.ndarray,
     scores_before: Sequence[np.ndarray],
     scores_after: Sequence[np.ndarray],
     class_names: Sequence[str],
 ) -> List[Dict]:
-    """One record per click of a round, from the labels and fused scores before and after it."""
-    records = []
-    for click, before, after in zip(clicks, scores_before, scores_after):
+    """One record per click of a round (repeats once), from the labels and fused scores before
+    and after it; ``scores_before`` and ``scores_after`` follow ``clicks``."""
+    records, seen = [], set()
+    for click, before, after in zip(clicks, scores_before, scores_after, strict=True):
+        if click in seen:
+            continue
+        seen.add(click)
         others = np.delete(after, click.label)
-        kind = "first" if round_index == 1 else ("negative" if click.label == 0 else "positive")
+        label_before = int(labels_before[click.z, click.y, click.x])
         records.append({
             "case": case,
             "round": round_index,
             "z": int(click.z), "y": int(click.y), "x": int(click.x),
             "label": int(click.label),
             "class_name": class_names[click.label],
-            "kind": kind,
-            "label_before": int(labels_before[click.z, click.y, click.x]),
+            "kind": click_kind(round_index, int(click.label), label_before),
+            "label_before": label_before,
             "label_after": int(labels_after[click.z, click.y, click.x]),
             "score_before": float(before[click.label]),
             "score_after": float(after[click.label]),
@@ -85,7 +116,7 @@ def summarize_clicks(records: Sequence[Dict], changes: Sequence[Dict]) -> Dict:
     """Per kind of click: how many, how many were on a wrong voxel, how many of those that round
     made right, and the median fused scores at those clicks; per round: voxels fixed and broken."""
     by_kind = {}
-    for kind in ("first", "positive", "negative"):
+    for kind in CLICK_KINDS:
         mine = [r for r in records if r["kind"] == kind]
         wrong = [r for r in mine if r["label_before"] != r["label"]]
         by_kind[kind] = {
@@ -109,19 +140,26 @@ def summarize_clicks(records: Sequence[Dict], changes: Sequence[Dict]) -> Dict:
 
 def clicks_markdown(summary: Dict) -> str:
     """The summary.md paragraph on what the clicks did."""
+    what_of = {
+        "first": "first clicks (round 1)",
+        "missed": "later clicks of an organ on predicted background",
+        "wrong_organ": "later clicks of an organ on another predicted organ",
+        "negative": "later clicks of the background",
+    }
     lines = []
-    for kind, what in (("first", "first clicks (round 1)"), ("positive", "later positive clicks"), ("negative", "later negative clicks")):
-        k = summary["by_kind"][kind]
-        if not k["on_wrong_voxel"]:
-            if k["clicks"]:
-                lines.append(f"- {what}: {k['clicks']}, none on a wrong voxel")
+    for kind, what in what_of.items():
+        stats = summary["by_kind"][kind]
+        wrong = stats["on_wrong_voxel"]
+        if not wrong:
+            if stats["clicks"]:
+                lines.append(f"- {what}: {stats['clicks']}, none on a wrong voxel")
             continue
-        already_right = k["clicks"] - k["on_wrong_voxel"]
+        already_right = stats["clicks"] - wrong
         lines.append(
-            f"- {what}: {k['own_voxel_fixed']} of {k['on_wrong_voxel']} made their own (wrong) voxel right"
+            f"- {what}: {stats['own_voxel_fixed']} of {wrong} made their own (wrong) voxel right"
             + (f" ({already_right} more were on a voxel already right)" if already_right else "")
-            + f"; at those {k['on_wrong_voxel']} the clicked class's fused score went from {k['median_score_before']:.2f} "
-            f"to {k['median_score_after']:.2f} (median), and the best other class's is {k['median_best_other_after']:.2f}"
+            + f"; at those {wrong} the clicked class's fused score went from {stats['median_score_before']:.2f} "
+            f"to {stats['median_score_after']:.2f} (median), and the best other class's is {stats['median_best_other_after']:.2f} after the round"
         )
     voxels = ", ".join(f"{r}: +{v['fixed']} / -{v['broken']}" for r, v in summary["voxels_per_round"].items())
     if voxels:

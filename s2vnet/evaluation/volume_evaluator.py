@@ -3,8 +3,8 @@
 Model mode (:func:`evaluate_datasets`): every volume of a registered split is segmented
 automatically and then refined over ``rounds`` simulated click rounds (the protocol of §3.3: first
 click at the deepest point of each class's largest cross-section, then one corrective click per
-class at the deepest point of its largest error region, positive on a false negative, negative on
-a false positive). Volumes are spread over the distributed ranks; each finished volume's rows are
+class at the deepest point of its largest error region, labelled with the true label there: the
+class on a false negative, background or the organ really there on a false positive). Volumes are spread over the distributed ranks; each finished volume's rows are
 written to ``cases/<case>.json`` at once, so a killed run re-run with the same arguments skips
 them.
 
@@ -128,7 +128,7 @@ def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds
         "adaptive_sampling": cfg.MODEL.S2VNET.INTERACTION.ADAPTIVE_SAMPLING,
         "beta": cfg.MODEL.S2VNET.INTERACTION.BETA,
         "boundary_band_voxels": BOUNDARY_BAND_VOXELS,  # case files scored before band_dsc existed are redone
-        "click_records": True,  # and those written before they recorded what each click did
+        "click_records": 2,  # version of the click records: case files with older or none are redone
     }
     output_dir = Path(output_dir)
     case_dir = output_dir / "cases"
