@@ -133,12 +133,14 @@ class RowPaintingSession:
         return self.scores[:, z].clone()
 
 
-def _evaluate_with_row_painting(monkeypatch, gt, rounds):
+def _evaluate_with_row_painting(monkeypatch, gt, rounds, ignore_label=None):
     import s2vnet.inference.session as session_module
     from s2vnet.evaluation.volume_evaluator import evaluate_volume
 
     monkeypatch.setattr(session_module, "InteractiveSession", RowPaintingSession)
-    return evaluate_volume(None, "c", gt, gt, (1.0, 1.0, 1.0), [1, 2], NAMES, rounds=rounds, tolerance=1.0, protocol="standard")
+    return evaluate_volume(
+        None, "c", gt, gt, (1.0, 1.0, 1.0), [1, 2], NAMES, rounds=rounds, tolerance=1.0, protocol="standard", ignore_label=ignore_label
+    )
 
 
 def test_evaluate_volume_records_what_each_round_and_click_did(monkeypatch):
@@ -165,4 +167,14 @@ def test_rounds_without_clicks_repeat_the_scores_and_record_nothing(monkeypatch)
     assert [c["round"] for c in result["round_changes"]] == [1]
     assert {r["round"] for r in result["clicks"]} == {1}
     assert {row["round"] for row in result["interactive"]} == {0, 1, 2, 3}
+    assert all(row["dsc"] == 1.0 for row in result["interactive"] if row["round"] >= 1)
+
+
+def test_unannotated_voxels_are_never_clicked_and_not_scored(monkeypatch):
+    gt = np.zeros((1, 4, 4), np.uint8)
+    gt[0, 1, :] = 1
+    gt[0, 2, :2] = 2
+    gt[0, 2, 2:] = 255  # not annotated: the spleen's first click paints them, which is no error
+    result = _evaluate_with_row_painting(monkeypatch, gt, rounds=3, ignore_label=255)
+    assert {r["label"] for r in result["clicks"]} == {1, 2} and {r["round"] for r in result["clicks"]} == {1}
     assert all(row["dsc"] == 1.0 for row in result["interactive"] if row["round"] >= 1)

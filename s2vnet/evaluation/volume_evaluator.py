@@ -36,8 +36,19 @@ logger = logging.getLogger(__name__)
 BOUNDARY_BAND_VOXELS = 1
 
 
-def score_rows(case: str, pred: np.ndarray, gt: np.ndarray, spacing, class_ids, class_names, tolerance, protocol, **extra) -> List[Dict]:
-    """Rows of one case (and round) for every class in ``class_ids``."""
+def score_rows(
+    case: str, pred: np.ndarray, gt: np.ndarray, spacing, class_ids, class_names, tolerance, protocol, ignore_label: Optional[int] = None, **extra
+) -> List[Dict]:
+    """Rows of one case (and round) for every class in ``class_ids``.
+
+    Voxels the ground truth marks ``ignore_label`` (unannotated: nnU-Net's "ignore" label, 255
+    once prepared) count for nothing: both sides are background there, as nnU-Net's own
+    evaluation leaves them out of every count.
+    """
+    if ignore_label is not None:
+        unannotated = gt == ignore_label
+        if unannotated.any():
+            pred, gt = np.where(unannotated, 0, pred), np.where(unannotated, 0, gt)
     scores = score_case(pred, gt, spacing, class_ids, nsd_tolerance_mm=tolerance, protocol=protocol)
     band = boundary_band_dsc(pred, gt, class_ids, width=BOUNDARY_BAND_VOXELS, protocol=protocol)
     return [
@@ -57,26 +68,28 @@ def evaluate_volume(
     rounds: int,
     tolerance: float,
     protocol: str,
+    ignore_label: Optional[int] = None,
 ) -> Dict[str, List[Dict]]:
     """Automatic rows and, with ``rounds`` > 0, interactive rows for rounds 0..rounds of one volume,
     with a record of what each click did (``clicks``) and the voxels each round fixed and broke
-    (``round_changes``; :mod:`s2vnet.evaluation.click_diagnostics`)."""
+    (``round_changes``; :mod:`s2vnet.evaluation.click_diagnostics`). Voxels labelled
+    ``ignore_label`` are never clicked and not scored (:func:`score_rows`)."""
     from s2vnet.inference.session import InteractiveSession  # inference builds on the model
 
     if rounds == 0:
         labels = predictor.predict_automatic(image).labels
-        automatic = score_rows(case, labels, gt, spacing, class_ids, class_names, tolerance, protocol, mode="automatic")
+        automatic = score_rows(case, labels, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, mode="automatic")
         return {"automatic": automatic, "interactive": [], "clicks": [], "round_changes": []}
     session = InteractiveSession(predictor, image)
     current = session.result().labels  # the automatic prediction, from the same features
-    automatic = score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, mode="automatic")
+    automatic = score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, mode="automatic")
     interactive = [dict(row, mode="interactive", round=0) for row in automatic]
     records, changes = [], []
     for round_index in range(1, rounds + 1):
         if round_index == 1:
-            clicks = initial_clicks(gt, class_ids, spacing=spacing)
+            clicks = initial_clicks(gt, class_ids, spacing=spacing, ignore_label=ignore_label)
         else:
-            clicks = corrective_clicks(gt, current, class_ids, spacing=spacing)
+            clicks = corrective_clicks(gt, current, class_ids, spacing=spacing, ignore_label=ignore_label)
         if not clicks:  # nothing left to correct: later rounds equal this one
             rows = [dict(row, round=round_index) for row in interactive if row["round"] == round_index - 1]
             interactive += rows
@@ -87,7 +100,7 @@ def evaluate_volume(
         previous, current = current, session.run().labels
         records += click_records(case, round_index, clicks, previous, current, scores_before, fused_scores_at(session, clicks), class_names)
         changes.append(round_change(case, round_index, previous, current, gt))
-        interactive += score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, mode="interactive", round=round_index)
+        interactive += score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, mode="interactive", round=round_index)
     return {"automatic": automatic, "interactive": interactive, "clicks": records, "round_changes": changes}
 
 
@@ -128,6 +141,7 @@ def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds
         "adaptive_sampling": cfg.MODEL.S2VNET.INTERACTION.ADAPTIVE_SAMPLING,
         "beta": cfg.MODEL.S2VNET.INTERACTION.BETA,
         "boundary_band_voxels": BOUNDARY_BAND_VOXELS,  # case files scored before band_dsc existed are redone
+        "ignore_label": getattr(metadata, "ignore_label", None),  # unannotated voxels: never clicked, not scored
         "click_records": 2,  # version of the click records: case files with older or none are redone
     }
     output_dir = Path(output_dir)
@@ -143,7 +157,7 @@ def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds
             raise InputError(f"{record['case_id']}: evaluation needs ground-truth labels, but {record['image_file']} has none")
         rows = evaluate_volume(
             predictor, record["case_id"], np.asarray(volume.image), np.asarray(volume.label), volume.spacing,
-            class_ids, class_names, rounds, tolerance, protocol,
+            class_ids, class_names, rounds, tolerance, protocol, settings["ignore_label"],
         )
         write_json_atomic(result_path, _json_safe({"settings": settings, **rows}))
     comm.synchronize()
