@@ -29,7 +29,13 @@ import torch
 
 from s2vnet.data.clicks import Click
 
-CLICK_KINDS = ("first", "missed", "wrong_organ", "negative")
+# Each kind of click, with how summary.md names it.
+CLICK_KINDS = {
+    "first": "first clicks (round 1)",
+    "missed": "later clicks of an organ on predicted background",
+    "wrong_organ": "later clicks of an organ on another predicted organ",
+    "negative": "later clicks of the background",
+}
 
 # Fields of a click record, in the order of clicks.csv.
 CLICK_FIELDS = (
@@ -140,14 +146,8 @@ def summarize_clicks(records: Sequence[Dict], changes: Sequence[Dict]) -> Dict:
 
 def clicks_markdown(summary: Dict) -> str:
     """The summary.md paragraph on what the clicks did."""
-    what_of = {
-        "first": "first clicks (round 1)",
-        "missed": "later clicks of an organ on predicted background",
-        "wrong_organ": "later clicks of an organ on another predicted organ",
-        "negative": "later clicks of the background",
-    }
     lines = []
-    for kind, what in what_of.items():
+    for kind, what in CLICK_KINDS.items():
         stats = summary["by_kind"][kind]
         wrong = stats["on_wrong_voxel"]
         if not wrong:

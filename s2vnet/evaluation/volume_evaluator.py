@@ -4,9 +4,9 @@ Model mode (:func:`evaluate_datasets`): every volume of a registered split is se
 automatically and then refined over ``rounds`` simulated click rounds (the protocol of §3.3: first
 click at the deepest point of each class's largest cross-section, then one corrective click per
 class at the deepest point of its largest error region, labelled with the true label there: the
-class on a false negative, background or the organ really there on a false positive). Volumes are spread over the distributed ranks; each finished volume's rows are
-written to ``cases/<case>.json`` at once, so a killed run re-run with the same arguments skips
-them.
+class on a false negative, background or the organ really there on a false positive). Volumes are
+spread over the distributed ranks; each finished volume's rows are written to ``cases/<case>.json``
+at once, so a killed run re-run with the same arguments skips them.
 
 Folder mode (:func:`evaluate_folders`): any folder of segmentations against ground truth.
 
