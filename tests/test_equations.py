@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from s2vnet.modeling.interaction import ClickEncoder, adaptive_feature, fuse_rounds, identity_score
-from s2vnet.modeling.postprocess import class_score_maps
+from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels, upsample_scores
 from s2vnet.modeling.propagation import RecurrentCentroidAggregator, Tracks, hand_over
 from s2vnet.modeling.transformer_decoder.kmeans_attention import KMeansCrossAttention, kmeans_assignment, kmeans_update
 
@@ -90,6 +90,28 @@ def test_class_score_maps_take_the_best_query_per_class_and_drop_no_object():
     scores = class_score_maps(logits, masks)
     assert scores.shape == (2, 1, 2)
     assert scores[0, 0, 0] == pytest.approx(0.8, abs=1e-3) and scores[1, 0, 1] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_upsampling_interpolates_log_odds_so_a_one_cell_region_keeps_its_pixels():
+    # Class 0 claims one mask cell (what a corrective click's centroid often does); class 1 scores
+    # 0.9 everywhere. After the 2x resize to the input grid, the cell's pixels must stay class 0:
+    # sigmoid(bilinear logit) ~ 0.96 there. Interpolating the scores gave 0.57 and lost them.
+    scores = torch.full((2, 5, 5), 0.01)
+    scores[0, 2, 2] = 1.0
+    scores[1] = 0.9
+    labels = scores_to_labels(upsample_scores(scores, (10, 10)))
+    assert (labels[4:6, 4:6] == 0).all()
+    assert (labels[:3] == 1).all() and (labels[7:] == 1).all()  # the region does not grow beyond its cell
+
+
+def test_upsampling_keeps_scores_in_range_and_constant_maps_constant():
+    scores = torch.tensor([[[0.0, 1.0], [1.0, 0.0]], [[0.3, 0.3], [0.3, 0.3]]], dtype=torch.float16)
+    resized = upsample_scores(scores, (4, 4))
+    assert resized.dtype == torch.float32 and resized.shape == (2, 4, 4)
+    assert ((resized >= 0) & (resized <= 1)).all()
+    assert torch.allclose(resized[1], torch.full((4, 4), 0.3), atol=1e-4)
+    batched = upsample_scores(scores[None].expand(3, -1, -1, -1), (4, 4))
+    assert batched.shape == (3, 2, 4, 4) and torch.equal(batched[2], resized)
 
 
 def test_aggregator_shapes_and_recurrence():

@@ -3,6 +3,10 @@
 
     bash scripts/ablation.sh                 # ~55 minutes on 2 CPU cores
     bash scripts/ablation.sh --iters 300     # shorter
+    bash scripts/ablation.sh --full-model demo_output/train/model_final.pth   # ~20 min less
+
+``--full-model`` takes model C (the full method) from a finished run of the same configuration,
+data, seed and budget instead of training it again: the demo's checkpoint is exactly that run.
 
 Trains three models on the same phantom data with the same seed and budget, differing only in
 the component under test, then evaluates the test split:
@@ -23,6 +27,7 @@ runs and evaluations are skipped.
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -67,6 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="click rounds of the interactive rows")
     parser.add_argument("--num-train", type=int, default=24)
     parser.add_argument("--num-test", type=int, default=6)
+    parser.add_argument("--full-model", help="checkpoint of the full method trained with this config, data, seed and budget "
+                        "(e.g. the demo's demo_output/train/model_final.pth), used as model C instead of training it")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides for every run")
     args = parser.parse_args(argv)
     setup_cli_logging()
@@ -82,6 +89,16 @@ def main(argv=None) -> int:
     run([python, "tools/make_phantoms.py", "--output", data, "--num-train", args.num_train, "--num-test", args.num_test, "--seed", 0, "--workers", 2], log_file)
     run([python, "datasets/prepare.py", "--config-file", args.config_file, "--workers", 2, *common], log_file)
     timings = {}
+    if args.full_model:
+        source, target = Path(args.full_model).resolve(), out / "C_propagation_aggregation" / "model_final.pth"
+        if not source.is_file():
+            raise SystemExit(f"--full-model {source}: no such checkpoint")
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(source, partial)
+            partial.replace(target)  # atomic: a killed copy never looks like a trained model
+            logger.info("model C: %s (not retrained)", source)
     for name, flags in MODELS.items():
         train_dir = out / name
         if (train_dir / "model_final.pth").is_file():

@@ -11,6 +11,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+# Scores are clamped to [eps, 1 - eps] before their log-odds are taken: 0 and 1 are finite there.
+_SCORE_EPS = 1e-6
+
 
 def class_score_maps(pred_logits: torch.Tensor, pred_masks: torch.Tensor, valid_queries: Optional[torch.Tensor] = None) -> torch.Tensor:
     """pred_logits (Q, K+1), pred_masks (Q, h, w), valid_queries (Q,) bool -> scores (K, h, w) in [0, 1]."""
@@ -26,9 +29,17 @@ def class_score_maps(pred_logits: torch.Tensor, pred_masks: torch.Tensor, valid_
 
 
 def upsample_scores(scores: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize of (K, h, w) or (B, K, h, w) score maps to ``size`` (H, W)."""
+    """Bilinear resize of (K, h, w) or (B, K, h, w) score maps in [0, 1] to ``size`` (H, W).
+
+    The resize interpolates log-odds, not scores: training samples mask *logits* bilinearly (the
+    point losses, Mask2Former's recipe), so the score the model was taught to give a pixel between
+    mask cells is sigmoid(interpolated logit). Interpolating scores instead dilutes a region one or
+    two cells wide, e.g. what a corrective click claims, with its neighbours: a cell at 1.0 amid
+    0.01 fell to 0.57 at its own pixel after a 2x resize, and lost it to any class scoring above.
+    """
     batched = scores if scores.dim() == 4 else scores[None]
-    resized = F.interpolate(batched.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    log_odds = torch.logit(batched.float(), eps=_SCORE_EPS)
+    resized = F.interpolate(log_odds, size=tuple(size), mode="bilinear", align_corners=False).sigmoid()
     return resized if scores.dim() == 4 else resized[0]
 
 
