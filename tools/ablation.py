@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import s2vnet  # noqa: F401
-from s2vnet.utils.atomic import write_json_atomic, write_text_atomic
+from s2vnet.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 from s2vnet.utils.logging import setup_cli_logging
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +77,9 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides for every run")
     args = parser.parse_args(argv)
     setup_cli_logging()
+    full_model = Path(args.full_model).resolve() if args.full_model else None
+    if full_model is not None and not full_model.is_file():  # before the phantoms are made
+        raise SystemExit(f"--full-model {full_model}: no such checkpoint")
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log_file = out / "ablation.log"
@@ -89,16 +92,12 @@ def main(argv=None) -> int:
     run([python, "tools/make_phantoms.py", "--output", data, "--num-train", args.num_train, "--num-test", args.num_test, "--seed", 0, "--workers", 2], log_file)
     run([python, "datasets/prepare.py", "--config-file", args.config_file, "--workers", 2, *common], log_file)
     timings = {}
-    if args.full_model:
-        source, target = Path(args.full_model).resolve(), out / "C_propagation_aggregation" / "model_final.pth"
-        if not source.is_file():
-            raise SystemExit(f"--full-model {source}: no such checkpoint")
+    if full_model is not None:
+        target = out / "C_propagation_aggregation" / "model_final.pth"
         if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".partial")
-            shutil.copyfile(source, partial)
-            partial.replace(target)  # atomic: a killed copy never looks like a trained model
-            logger.info("model C: %s (not retrained)", source)
+            with atomic_path(target) as partial:  # a killed copy never looks like a trained model
+                shutil.copyfile(full_model, partial)
+            logger.info("model C: %s (not retrained)", full_model)
     for name, flags in MODELS.items():
         train_dir = out / name
         if (train_dir / "model_final.pth").is_file():
