@@ -7,7 +7,7 @@ interaction, unified training, volume inference). Defaults are the paper's recip
 where it states one, and Mask2Former's defaults otherwise.
 """
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
@@ -167,6 +167,19 @@ def load_config(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> 
     validate_config(cfg)
     cfg.freeze()
     return cfg
+
+
+def schedule_overrides(max_iter: int) -> List[str]:
+    """Config overrides that train for ``max_iter`` iterations with the phantom schedule's shape:
+    LR steps at 75% and 92% of the run, a checkpoint every third of it (used by the demo, the
+    ablation and their ``--iters`` flags, so a shorter run keeps the same schedule)."""
+    if max_iter < 1:
+        raise InputError(f"training iterations = {max_iter}: must be at least 1")
+    return [
+        "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.STEPS", f"({int(max_iter * 0.75)}, {int(max_iter * 0.92)})",
+        "SOLVER.CHECKPOINT_PERIOD", str(max(max_iter // 3, 10)),
+    ]
 
 
 def validate_config(cfg: CN) -> None:

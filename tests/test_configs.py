@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import synthetic_clip
-from s2vnet.config import get_s2vnet_cfg, load_config
+from s2vnet.config import get_s2vnet_cfg, load_config, schedule_overrides
 from s2vnet.data.datasets import AMOS_CLASSES, BTCV_CLASSES, WORD_CLASSES
 from s2vnet.utils.errors import InputError
 
@@ -35,6 +35,19 @@ def test_dataset_configs_match_the_datasets(folder, classes, train, test):
     assert cfg.MODEL.S2VNET.INTERACTION.BETA == pytest.approx(0.8) and cfg.MODEL.S2VNET.INTERACTION.MAX_CLICKS_PER_CLASS == 20
     assert cfg.MODEL.TIMM.MODEL_NAME.startswith("swin_base")
     assert load_config(str(CONFIGS / folder / "s2vnet_r50.yaml")).MODEL.TIMM.MODEL_NAME == "resnet50"
+
+
+def test_the_phantom_schedule_is_what_the_demo_and_ablation_rebuild_for_any_budget():
+    # The demo and the ablation train the config's MAX_ITER through schedule_overrides: at the
+    # config's own budget they must reproduce its steps, so "the demo's budget" means one schedule.
+    cfg = load_config(str(CONFIGS / "phantom" / "s2vnet_phantom.yaml"))
+    rebuilt = load_config(str(CONFIGS / "phantom" / "s2vnet_phantom.yaml"), schedule_overrides(cfg.SOLVER.MAX_ITER))
+    assert tuple(rebuilt.SOLVER.STEPS) == tuple(cfg.SOLVER.STEPS)
+    assert rebuilt.SOLVER.CHECKPOINT_PERIOD == cfg.SOLVER.CHECKPOINT_PERIOD
+    short = load_config(str(CONFIGS / "phantom" / "s2vnet_phantom.yaml"), schedule_overrides(200))
+    assert (short.SOLVER.MAX_ITER, tuple(short.SOLVER.STEPS), short.SOLVER.CHECKPOINT_PERIOD) == (200, (150, 184), 66)
+    with pytest.raises(InputError, match="training iterations = 0"):
+        schedule_overrides(0)
 
 
 def test_unknown_keys_and_bad_values_are_clear_errors(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from s2vnet.modeling.interaction import ClickEncoder, adaptive_feature, fuse_rounds, identity_score
-from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels, upsample_scores
+from s2vnet.modeling.postprocess import class_score_maps, resize_log_odds, scores_to_labels, upsample_log_odds, upsample_scores
 from s2vnet.modeling.propagation import RecurrentCentroidAggregator, Tracks, hand_over
 from s2vnet.modeling.transformer_decoder.kmeans_attention import KMeansCrossAttention, kmeans_assignment, kmeans_update
 
@@ -112,6 +112,17 @@ def test_upsampling_keeps_scores_in_range_and_constant_maps_constant():
     assert torch.allclose(resized[1], torch.full((4, 4), 0.3), atol=1e-4)
     batched = upsample_scores(scores[None].expand(3, -1, -1, -1), (4, 4))
     assert batched.shape == (3, 2, 4, 4) and torch.equal(batched[2], resized)
+
+
+def test_labels_from_log_odds_are_the_labels_from_scores():
+    # Inference labels are the argmax of the resized log-odds, skipping the full-resolution
+    # sigmoid; being monotonic, it cannot change the winner.
+    torch.manual_seed(0)
+    scores = torch.rand(8, 16, 16) ** 3
+    log_odds = upsample_log_odds(scores, (64, 48))
+    assert log_odds.shape == (8, 64, 48)
+    assert torch.equal(scores_to_labels(log_odds), scores_to_labels(upsample_scores(scores, (64, 48))))
+    assert torch.allclose(resize_log_odds(log_odds, (32, 24)).sigmoid(), upsample_scores(upsample_scores(scores, (64, 48)), (32, 24)), atol=1e-5)
 
 
 def test_aggregator_shapes_and_recurrence():

@@ -157,3 +157,12 @@ def test_quick_demo_writes_a_report_with_sane_scores(tmp_path):
         # Chance level: 7 organs covering a few % of the volume give a DSC near 0.02 by guessing.
         assert dsc > 0.1, f"{setup} mean DSC {dsc}"
     assert "S2VNet demo finished" in result.stdout
+
+
+def test_ablation_rejects_a_missing_model_or_config_before_it_makes_anything(tmp_path):
+    out = tmp_path / "ablation"
+    result = _tool("tools/ablation.py", "--full-model", tmp_path / "none.pth", "--output", out)
+    assert result.returncode != 0 and "none.pth: no such checkpoint" in result.stderr
+    result = _tool("tools/ablation.py", "--config-file", tmp_path / "missing.yaml", "--output", out)
+    assert result.returncode == 2 and "missing.yaml does not exist" in result.stderr
+    assert not out.exists()  # no phantoms, no partial output

@@ -299,7 +299,7 @@ class InteractiveSession:
         depth = self.volume.shape[0]
         index = slice(ready[0].z, ready[0].z + 1) if len(ready) == 1 else torch.tensor([sweep.z for sweep in ready], device=model.device)
         batch_tracks = Tracks.cat([replace(sweep.tracks, batch_index=torch.full_like(sweep.tracks.batch_index, b)) for b, sweep in enumerate(ready)])
-        outputs = self.predictor.decode_slice(model.select_features(self.features, index), batch_tracks)
+        outputs = self.predictor.decode_slice(model.select_features(self.features, index, with_click_features=False), batch_tracks)
         first_track = 0
         for b, sweep in enumerate(ready):
             # This sweep's part of the batch, shaped as a one-slice decode.
@@ -354,13 +354,17 @@ class InteractiveSession:
         """(K, Y, X) fused class scores of slice z on the native slice grid."""
         return self.predictor.native_scores(self.fused_scores(z), self.model_size, self.native_size, self.padded_size)
 
+    def native_fused_labels(self, z: int) -> torch.Tensor:
+        """(Y, X) labels of slice z: the argmax of its fused scores' log-odds (no sigmoid needed)."""
+        return scores_to_labels(self.predictor.native_log_odds(self.fused_scores(z), self.model_size, self.native_size, self.padded_size))
+
     def fused_probabilities(self) -> np.ndarray:
         """(K, Z, Y, X) float16 fused class scores of the whole volume (for saving)."""
         return np.stack([self.native_fused_scores(z).cpu().numpy().astype(np.float16) for z in range(self.volume.shape[0])], axis=1)
 
     def result(self) -> SessionResult:
         for z in sorted(self._stale_slices):
-            self._labels[z] = scores_to_labels(self.native_fused_scores(z)).cpu().numpy()
+            self._labels[z] = self.native_fused_labels(z).cpu().numpy()
         self._stale_slices = set()
         labels = self._labels.copy()
         masks = {c: labels == c for c in range(1, self.num_classes)}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels, upsample_scores
+from s2vnet.modeling.postprocess import class_score_maps, resize_log_odds, scores_to_labels, upsample_log_odds
 from s2vnet.modeling.propagation import Tracks, hand_over
 from s2vnet.utils.errors import InputError
 
@@ -113,12 +113,17 @@ class VolumePredictor:
                 yield z, selected
             del features
 
-    def native_scores(self, scores: torch.Tensor, model_size: Tuple[int, int], native_size: Tuple[int, int], padded_size) -> torch.Tensor:
-        """(K, h/4, w/4) scores on the padded model input -> (K, Y, X) on the native slice grid."""
-        full = upsample_scores(scores, padded_size)[:, : model_size[0], : model_size[1]]
+    def native_log_odds(self, scores: torch.Tensor, model_size: Tuple[int, int], native_size: Tuple[int, int], padded_size) -> torch.Tensor:
+        """(K, h/4, w/4) scores on the padded model input -> (K, Y, X) log-odds on the native slice
+        grid: their argmax is the label map, their sigmoid the scores (:meth:`native_scores`)."""
+        full = upsample_log_odds(scores, padded_size)[:, : model_size[0], : model_size[1]]
         if tuple(model_size) != tuple(native_size):
-            full = upsample_scores(full, native_size)
+            full = resize_log_odds(full, native_size)
         return full
+
+    def native_scores(self, scores: torch.Tensor, model_size: Tuple[int, int], native_size: Tuple[int, int], padded_size) -> torch.Tensor:
+        """(K, h/4, w/4) scores on the padded model input -> (K, Y, X) scores on the native slice grid."""
+        return self.native_log_odds(scores, model_size, native_size, padded_size).sigmoid()
 
     # ------------------------------------------------------------------ the per-slice step
     @torch.inference_mode()
@@ -220,10 +225,10 @@ class VolumePredictor:
         scores_out = np.zeros((self.model.num_classes, depth, height, width), dtype=np.float16) if return_scores else None
 
         def store(z, scores):
-            native = self.native_scores(scores, model_size, (height, width), padded)
+            native = self.native_log_odds(scores, model_size, (height, width), padded)
             labels[z] = scores_to_labels(native).cpu().numpy()
             if scores_out is not None:
-                scores_out[:, z] = native.cpu().numpy().astype(np.float16)
+                scores_out[:, z] = native.sigmoid().cpu().numpy().astype(np.float16)
 
         self.automatic_scores(volume, on_slice=store)
         return VolumePrediction(labels, scores_out)

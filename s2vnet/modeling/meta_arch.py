@@ -32,7 +32,7 @@ from s2vnet.modeling.criterion import SetCriterion, SliceTargets, click_point_lo
 from s2vnet.modeling.interaction import ClickEncoder, accumulate_round, identity_score
 from s2vnet.modeling.matcher import HungarianMatcher
 from s2vnet.modeling.pixel_decoder.msdeformattn import build_pixel_decoder
-from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels, upsample_scores
+from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels, upsample_log_odds
 from s2vnet.modeling.propagation import RecurrentCentroidAggregator, Tracks, hand_over
 from s2vnet.modeling.transformer_decoder.kmeans_decoder import KMeansTransformerDecoder
 
@@ -198,17 +198,27 @@ class S2VNet(nn.Module):
         }
 
     @staticmethod
-    def select_features(features: Dict[str, object], index) -> Dict[str, object]:
-        """The features of a subset of the encoded slices (an index tensor or a slice)."""
+    def select_features(features: Dict[str, object], index, with_click_features: bool = True) -> Dict[str, object]:
+        """The features of a subset of the encoded slices (an index tensor or a slice).
+
+        A tensor index gathers (copies), and an interactive round gathers a pair of slices at
+        every step: callers that only decode leave out the click features
+        (``with_click_features=False``), and mask features shared with a prepared memory are
+        gathered once.
+        """
         selected = {
-            "mask_features": features["mask_features"][index],
             "multi_scale_features": [level[index] for level in features["multi_scale_features"]],
-            "click_features": {k: v[index] for k, v in features["click_features"].items()},
             "input_size": features["input_size"],
         }
-        if "prepared_memory" in features:  # cached by an interactive session (see KMeansMask2FormerDecoder.prepare_memory)
-            selected["prepared_memory"] = {k: [level[index] for level in v] if isinstance(v, list) else v[index]
-                                           for k, v in features["prepared_memory"].items()}
+        prepared = features.get("prepared_memory")
+        if prepared is not None:  # cached by an interactive session (see KMeansMask2FormerDecoder.prepare_memory)
+            selected["prepared_memory"] = {k: [level[index] for level in v] if isinstance(v, list) else v[index] for k, v in prepared.items()}
+        if prepared is not None and prepared.get("mask_features") is features["mask_features"]:
+            selected["mask_features"] = selected["prepared_memory"]["mask_features"]
+        else:
+            selected["mask_features"] = features["mask_features"][index]
+        if with_click_features:
+            selected["click_features"] = {k: v[index] for k, v in features["click_features"].items()}
         return selected
 
     # ------------------------------------------------------------------ decoder (one slice at a time)
@@ -453,4 +463,4 @@ class S2VNet(nn.Module):
         for e in range(len(tracks)):
             b, c = int(tracks.batch_index[e]), int(tracks.labels[e])
             fused[b, c] = torch.maximum(fused[b, c], track_scores[e])
-        return scores_to_labels(upsample_scores(fused, features["input_size"])).cpu().numpy()
+        return scores_to_labels(upsample_log_odds(fused, features["input_size"])).cpu().numpy()

@@ -28,19 +28,31 @@ def class_score_maps(pred_logits: torch.Tensor, pred_masks: torch.Tensor, valid_
     return torch.stack([(probs[:, k, None, None] * masks).amax(0) for k in range(num_classes)])
 
 
-def upsample_scores(scores: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize of (K, h, w) or (B, K, h, w) score maps in [0, 1] to ``size`` (H, W).
+def upsample_log_odds(scores: torch.Tensor, size) -> torch.Tensor:
+    """Log-odds of (K, h, w) or (B, K, h, w) score maps in [0, 1], bilinearly resized to ``size`` (H, W).
 
     The resize interpolates log-odds, not scores: training samples mask *logits* bilinearly (the
     point losses, Mask2Former's recipe), so the score the model was taught to give a pixel between
     mask cells is sigmoid(interpolated logit). Interpolating scores instead dilutes a region one or
     two cells wide, e.g. what a corrective click claims, with its neighbours: a cell at 1.0 amid
     0.01 fell to 0.57 at its own pixel after a 2x resize, and lost it to any class scoring above.
+
+    The sigmoid is monotonic, so labels are the argmax of these log-odds directly: only callers
+    that want scores pay for the sigmoid at full resolution (:func:`upsample_scores`).
     """
-    batched = scores if scores.dim() == 4 else scores[None]
-    log_odds = torch.logit(batched.float(), eps=_SCORE_EPS)
-    resized = F.interpolate(log_odds, size=tuple(size), mode="bilinear", align_corners=False).sigmoid()
-    return resized if scores.dim() == 4 else resized[0]
+    return resize_log_odds(torch.logit(scores.float(), eps=_SCORE_EPS), size)
+
+
+def resize_log_odds(log_odds: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of (K, h, w) or (B, K, h, w) log-odds maps to ``size`` (H, W)."""
+    batched = log_odds if log_odds.dim() == 4 else log_odds[None]
+    resized = F.interpolate(batched, size=tuple(size), mode="bilinear", align_corners=False)
+    return resized if log_odds.dim() == 4 else resized[0]
+
+
+def upsample_scores(scores: torch.Tensor, size) -> torch.Tensor:
+    """Scores in [0, 1] resized to ``size`` through their log-odds (see :func:`upsample_log_odds`)."""
+    return upsample_log_odds(scores, size).sigmoid()
 
 
 def scores_to_labels(scores: torch.Tensor) -> torch.Tensor:
