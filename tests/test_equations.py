@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from s2vnet.modeling.interaction import ClickEncoder, adaptive_feature, fuse_rounds, identity_score
-from s2vnet.modeling.postprocess import class_score_maps, resize_log_odds, scores_to_labels, upsample_log_odds, upsample_scores
+from s2vnet.modeling.postprocess import class_score_maps, resize_log_odds, scores_to_labels, upsample_log_odds
 from s2vnet.modeling.propagation import RecurrentCentroidAggregator, Tracks, hand_over
 from s2vnet.modeling.transformer_decoder.kmeans_attention import KMeansCrossAttention, kmeans_assignment, kmeans_update
 
@@ -99,18 +99,18 @@ def test_upsampling_interpolates_log_odds_so_a_one_cell_region_keeps_its_pixels(
     scores = torch.full((2, 5, 5), 0.01)
     scores[0, 2, 2] = 1.0
     scores[1] = 0.9
-    labels = scores_to_labels(upsample_scores(scores, (10, 10)))
+    labels = scores_to_labels(upsample_log_odds(scores, (10, 10)).sigmoid())
     assert (labels[4:6, 4:6] == 0).all()
     assert (labels[:3] == 1).all() and (labels[7:] == 1).all()  # the region does not grow beyond its cell
 
 
 def test_upsampling_keeps_scores_in_range_and_constant_maps_constant():
     scores = torch.tensor([[[0.0, 1.0], [1.0, 0.0]], [[0.3, 0.3], [0.3, 0.3]]], dtype=torch.float16)
-    resized = upsample_scores(scores, (4, 4))
+    resized = upsample_log_odds(scores, (4, 4)).sigmoid()
     assert resized.dtype == torch.float32 and resized.shape == (2, 4, 4)
     assert ((resized >= 0) & (resized <= 1)).all()
     assert torch.allclose(resized[1], torch.full((4, 4), 0.3), atol=1e-4)
-    batched = upsample_scores(scores[None].expand(3, -1, -1, -1), (4, 4))
+    batched = upsample_log_odds(scores[None].expand(3, -1, -1, -1), (4, 4)).sigmoid()
     assert batched.shape == (3, 2, 4, 4) and torch.equal(batched[2], resized)
 
 
@@ -121,8 +121,8 @@ def test_labels_from_log_odds_are_the_labels_from_scores():
     scores = torch.rand(8, 16, 16) ** 3
     log_odds = upsample_log_odds(scores, (64, 48))
     assert log_odds.shape == (8, 64, 48)
-    assert torch.equal(scores_to_labels(log_odds), scores_to_labels(upsample_scores(scores, (64, 48))))
-    assert torch.allclose(resize_log_odds(log_odds, (32, 24)).sigmoid(), upsample_scores(upsample_scores(scores, (64, 48)), (32, 24)), atol=1e-5)
+    assert torch.equal(scores_to_labels(log_odds), scores_to_labels(upsample_log_odds(scores, (64, 48)).sigmoid()))
+    assert torch.allclose(resize_log_odds(log_odds, (32, 24)).sigmoid(), upsample_log_odds(upsample_log_odds(scores, (64, 48)).sigmoid(), (32, 24)).sigmoid(), atol=1e-5)
 
 
 def test_aggregator_shapes_and_recurrence():

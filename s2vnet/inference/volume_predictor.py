@@ -161,14 +161,13 @@ class VolumePredictor:
             best, classes = probs[:num_learnable].max(-1)
             order = torch.argsort(best, descending=True).tolist()
             # Python lists: this loop runs on every decoded slice, and indexing tensors one element
-            # at a time cost more than the decode's attention. The threshold is rounded to float32
-            # first, so the comparison is the one float32 tensors would make.
-            threshold32 = float(torch.tensor(threshold, dtype=torch.float32))
-            best, classes, query_non_empty = best.tolist(), classes.tolist(), non_empty[:num_learnable].tolist()
+            # at a time cost more than the decode's attention. The threshold test stays one tensor
+            # comparison, in the probabilities' own precision.
+            below, classes, query_non_empty = (best < threshold).tolist(), classes.tolist(), non_empty[:num_learnable].tolist()
             tracked = set(labels)
             for q in order:
                 c = classes[q]
-                if best[q] < threshold32:
+                if below[q]:
                     break
                 if c in (background, no_object) or c in tracked or not query_non_empty[q]:
                     continue

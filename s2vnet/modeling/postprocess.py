@@ -38,7 +38,7 @@ def upsample_log_odds(scores: torch.Tensor, size) -> torch.Tensor:
     0.01 fell to 0.57 at its own pixel after a 2x resize, and lost it to any class scoring above.
 
     The sigmoid is monotonic, so labels are the argmax of these log-odds directly: only callers
-    that want scores pay for the sigmoid at full resolution (:func:`upsample_scores`).
+    that want scores pay for the sigmoid at full resolution.
     """
     return resize_log_odds(torch.logit(scores.float(), eps=_SCORE_EPS), size)
 
@@ -48,11 +48,6 @@ def resize_log_odds(log_odds: torch.Tensor, size) -> torch.Tensor:
     batched = log_odds if log_odds.dim() == 4 else log_odds[None]
     resized = F.interpolate(batched, size=tuple(size), mode="bilinear", align_corners=False)
     return resized if log_odds.dim() == 4 else resized[0]
-
-
-def upsample_scores(scores: torch.Tensor, size) -> torch.Tensor:
-    """Scores in [0, 1] resized to ``size`` through their log-odds (see :func:`upsample_log_odds`)."""
-    return upsample_log_odds(scores, size).sigmoid()
 
 
 def scores_to_labels(scores: torch.Tensor) -> torch.Tensor:
