@@ -73,7 +73,30 @@ def test_round_change_counts_voxels_made_right_and_made_wrong():
     gt = np.array([[[1, 1, 0, 0]]])
     before = np.array([[[1, 0, 0, 2]]])  # right, wrong, right, wrong
     after = np.array([[[0, 1, 0, 2]]])  # wrong, right, right, wrong
-    assert round_change("c", 3, before, after, gt) == {"case": "c", "round": 3, "fixed": 1, "broken": 1}
+    change = round_change("c", 3, before, after, gt)
+    assert (change["case"], change["round"], change["fixed"], change["broken"]) == ("c", 3, 1, 1)
+
+
+def test_round_change_bins_changed_voxels_by_slices_from_the_click_of_the_class_they_took():
+    from s2vnet.data.clicks import Click
+
+    gt = np.zeros((8, 1, 2), np.uint8)
+    gt[:, 0, 0] = 1
+    before = np.zeros_like(gt)  # class 1 missed everywhere, column 1 right (background)
+    after = before.copy()
+    after[[0, 3, 7], 0, 0] = 1  # fixed 0, 3 and 7 slices from the click on slice 0 (two clicks of class 1: slices 0 and 0)
+    after[[1, 6], 0, 1] = 1  # broken 1 and 6 slices from it
+    after[2, 0, 1] = 2  # broken by class 2, which nobody clicked (eq. 9 cannot do this; the bin shows it)
+    clicks = [Click(0, 0, 0, 1), Click(0, 0, 0, 1)]
+    change = round_change("c", 2, before, after, gt, clicks)
+    assert (change["fixed"], change["broken"]) == (3, 3)
+    assert change["by_distance"] == {
+        "0-1": {"fixed": 1, "broken": 1}, "2-4": {"fixed": 1, "broken": 0},
+        "5+": {"fixed": 1, "broken": 1}, "unclicked": {"fixed": 0, "broken": 1},
+    }
+    # The nearest click counts: a second click of class 1 on slice 6 brings slices 6 and 7 near.
+    near = round_change("c", 2, before, after, gt, clicks + [Click(6, 0, 1, 1)])["by_distance"]
+    assert near["0-1"] == {"fixed": 2, "broken": 2} and near["5+"] == {"fixed": 0, "broken": 0}
 
 
 def test_summary_counts_clicks_on_wrong_voxels_and_their_medians():
@@ -88,7 +111,12 @@ def test_summary_counts_clicks_on_wrong_voxels_and_their_medians():
         record("wrong_organ", 2, 1, 1, 0.1, 0.2, 0.9),  # its voxel was wrong (1, not 2) and still is
         record("negative", 0, 2, 0, 0.3, 0.9, 0.5),
     ]
-    changes = [{"round": 1, "fixed": 5, "broken": 2}, {"round": 2, "fixed": 7, "broken": 1}, {"round": 2, "fixed": 1, "broken": 0}]
+    def change(round_index, fixed, broken, near):
+        bins = {name: {"fixed": 0, "broken": 0} for name in ("0-1", "2-4", "5+", "unclicked")}
+        bins["0-1" if near else "5+"] = {"fixed": fixed, "broken": broken}
+        return {"round": round_index, "fixed": fixed, "broken": broken, "by_distance": bins}
+
+    changes = [change(1, 5, 2, True), change(2, 7, 1, False), change(2, 1, 0, True)]
     summary = summarize_clicks(records, changes)
     assert summary["by_kind"]["first"] == {
         "clicks": 1, "on_wrong_voxel": 0, "own_voxel_fixed": 0,
@@ -99,10 +127,13 @@ def test_summary_counts_clicks_on_wrong_voxels_and_their_medians():
     assert missed["median_score_before"] == pytest.approx(0.3) and missed["median_best_other_after"] == pytest.approx(0.775)
     assert summary["by_kind"]["wrong_organ"]["own_voxel_fixed"] == 0
     assert summary["voxels_per_round"] == {"1": {"fixed": 5, "broken": 2}, "2": {"fixed": 8, "broken": 1}}
+    assert summary["voxels_by_click_distance"]["0-1"] == {"fixed": 6, "broken": 2}
+    assert summary["voxels_by_click_distance"]["5+"] == {"fixed": 7, "broken": 1}
     text = clicks_markdown(summary)
     assert "first clicks (round 1): 1, none on a wrong voxel" in text
     assert "later clicks of an organ on predicted background: 1 of 2 made their own (wrong) voxel right;" in text
     assert "later clicks of the background: 1 of 1" in text and "1: +5 / -2, 2: +8 / -1" in text
+    assert "of the class they took: 0-1: +6 / -2, 5+: +7 / -1" in text
     assert clicks_markdown(summarize_clicks([], [])) == ""
 
 

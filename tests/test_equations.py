@@ -244,3 +244,45 @@ def test_click_point_loss_is_the_bce_of_each_centroids_mask_at_its_own_click():
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     empty = click_point_loss(masks.requires_grad_(), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, 2))
     assert empty.item() == 0.0 and empty.requires_grad  # stays in the graph (DDP)
+
+
+def test_fused_click_loss_scores_the_labels_eq9_makes_and_trains_only_where_a_click_decides():
+    """The cross-entropy of the eq. 9-fused label map, by hand on a 1 x 3 mask grid (resized to an
+    input of the same size, i.e. not at all): background, class 1 and class 2 (+ "no object")."""
+    from s2vnet.modeling.criterion import fused_click_loss
+
+    sharp = 20.0  # a query's class logit: its class probability is 1 - 3 exp(-20)
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 0] = logits[0, 1, 1] = logits[0, 2, 2] = sharp  # rows: background, class 1, a click of class 2
+    masks = torch.tensor([[[[3.0, 3.0, -3.0]], [[-3.0, -3.0, 3.0]], [[-3.0, 4.0, 5.0]]]]).requires_grad_()
+    gt = torch.tensor([[[0, 2, 1]]])  # the click is right at pixel 1 and breaks pixel 2 (class 1 there)
+    padding = torch.zeros(1, 3, dtype=torch.bool)
+    args = (padding, torch.tensor([2]), torch.tensor([0]), torch.tensor([2]), gt, (1, 3), 255)
+    loss = fused_click_loss(logits, masks, *args)
+
+    probs = logits[0].softmax(-1)
+    score = probs[:, :3].T[:, :, None] * masks[0, :, 0].detach().sigmoid()[None]  # (class, query, pixel)
+    fused = score.amax(1)  # eq. 9: per class the max over the automatic queries and the click
+    log_odds = torch.logit(fused, eps=1e-6)
+    ce = -log_odds.log_softmax(0)[gt[0, 0], torch.arange(3)]
+    # Pixel 0 (background, and predicted so) is outside the clicked class's region.
+    assert loss.item() == pytest.approx(ce[1:].mean().item(), rel=1e-5)
+
+    loss.backward()
+    click = masks.grad[0, 2, 0]
+    assert click[0] == 0  # outside the region
+    assert click[1] < 0 and click[2] > 0  # claim the voxel it fixes, give back the one it breaks
+    assert masks.grad[0, :2].abs().sum() == 0  # the automatic scores are round 0: fixed
+
+    # A click of class 1 below the automatic class-1 score everywhere decides nothing: no gradient.
+    weak = masks.detach().clone()
+    weak[0, 2] = -5.0
+    weak.requires_grad_()
+    logits_1 = logits.clone()
+    logits_1[0, 2] = torch.tensor([0.0, sharp, 0.0, 0.0])
+    fused_click_loss(logits_1, weak, padding, torch.tensor([2]), torch.tensor([0]), torch.tensor([1]), gt, (1, 3), 255).backward()
+    assert weak.grad.abs().sum() == 0
+    # Without click centroids the loss is 0 and still in the graph (DDP).
+    empty = fused_click_loss(logits, masks, padding, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                             torch.zeros(0, dtype=torch.long), gt, (1, 3), 255)
+    assert empty.item() == 0.0 and empty.requires_grad

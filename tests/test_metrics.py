@@ -436,8 +436,22 @@ def test_boundary_band_dsc_keeps_boundary_errors_and_corrects_the_rest() -> None
     assert boundary_band_dsc(deep, gt, [1])[1] == pytest.approx(2 * 86 / 186)
     # A band of 2 voxels: rows 5-6 and columns 5, 6, 13, 14 of row 7 (24 voxels).
     assert boundary_band_dsc(deep, gt, [1], width=2)[1] == pytest.approx(2 * 76 / 176)
-    # In 3D the band includes the neighbouring slices: a one-slice organ is all band.
-    assert boundary_band_dsc(deep[None], gt[None], [1])[1] == pytest.approx(dice_score(deep == 1, gt == 1))
+    # The band is in-plane: a volume of one slice scores as the slice does (a 3D band would make
+    # a one-slice organ all band).
+    assert boundary_band_dsc(deep[None], gt[None], [1])[1] == pytest.approx(2 * 86 / 186)
+
+
+def test_boundary_band_dsc_counts_an_organs_missed_or_invented_end_slices_as_correctable() -> None:
+    # Slices 1-3 hold a 6 x 6 organ (36 voxels each, 108 in all).
+    gt = np.zeros((6, 12, 12), np.int64)
+    gt[1:4, 3:9, 3:9] = 1
+    pred = gt.copy()
+    pred[1] = 0  # its first cross-section missed: a click there can bring it back, not band
+    pred[4, 3:9, 3:9] = 1  # an invented cross-section after its last: not band either
+    pred[2, 3, 3:9] = 0  # one rim row missed on a slice both have: band
+    assert boundary_band_dsc(pred, gt, [1])[1] == pytest.approx(2 * 102 / (102 + 108))
+    # A 3D band would have kept every error (both end slices touch the organ's surface).
+    assert dice_score(pred == 1, gt == 1) == pytest.approx(2 * 66 / (102 + 108))
 
 
 def test_boundary_band_dsc_perfect_absent_and_bad_width() -> None:

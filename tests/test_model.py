@@ -106,6 +106,30 @@ def test_every_parameter_gets_a_gradient_with_or_without_clicks(click_prob):
     assert missing == []
 
 
+def test_the_fused_loss_follows_click_identities_through_the_hand_over(monkeypatch):
+    """loss_fused scores every slice a click-initialised identity reaches: the clicked slice and,
+    handed over, the next ones; identities the learnable queries start are not clicks."""
+    from s2vnet.modeling import meta_arch
+
+    model = tiny_model(tiny_config(**{"MODEL.S2VNET.INTERACTION.CLICK_PROB": 1.0, "MODEL.S2VNET.INTERACTION.FUSED_LOSS_WEIGHT": 1.0})).train()
+    seen = []
+    original = meta_arch.fused_click_loss
+
+    def spy(pred_logits, pred_masks, padding, rows, batch_index, labels, *args):
+        seen.append(len(rows))
+        return original(pred_logits, pred_masks, padding, rows, batch_index, labels, *args)
+
+    monkeypatch.setattr(meta_arch, "fused_click_loss", spy)
+    losses = model([synthetic_clip(seed=1), synthetic_clip(seed=2)])
+    assert len(seen) == 3 and seen[0] > 0 and seen[1] > 0  # one call per slice; the clicked identities live on
+    assert losses["loss_fused"] > 0
+    # Without clicks there is nothing to fuse: 0, in the graph.
+    model = tiny_model(tiny_config(**{"MODEL.S2VNET.INTERACTION.CLICK_PROB": 0.0, "MODEL.S2VNET.INTERACTION.FUSED_LOSS_WEIGHT": 1.0})).train()
+    seen.clear()
+    losses = model([synthetic_clip(seed=1)])
+    assert seen == [0, 0, 0] and losses["loss_fused"].item() == 0.0 and losses["loss_fused"].requires_grad
+
+
 def test_first_clicks_at_misses_land_where_the_automatic_prediction_misses(monkeypatch):
     model = tiny_model(tiny_config(**{"MODEL.S2VNET.INTERACTION.TRAIN_MISSED_CLICK_PROB": 1.0})).train()
     clip = synthetic_clip(seed=1)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The embedded default: S2VNet end to end on a CPU, with no data set and no download.
 
-    bash scripts/demo.sh            # ~18 minutes on 2 CPU cores
+    bash scripts/demo.sh            # ~14-18 minutes on 2 CPU cores
     bash scripts/demo.sh --quick    # a ~2-minute smoke run (few iterations, small phantoms)
 
 1. generates a CT phantom data set (nnU-Net layout; train and a separately seeded test split),

@@ -103,14 +103,49 @@ def click_records(
     return records
 
 
-def round_change(case: str, round_index: int, labels_before: np.ndarray, labels_after: np.ndarray, gt: np.ndarray) -> Dict:
-    """Voxels a round made right (``fixed``) and made wrong (``broken``), over the whole volume."""
+#: Bins of :func:`round_change`: how many slices a changed voxel lies from the nearest click of
+#: the class it changed to. Eq. 9 only raises clicked classes, so every voxel a round changes took
+#: the label of a class clicked in that round; "unclicked" stays empty unless that breaks.
+DISTANCE_BINS = ("0-1", "2-4", "5+", "unclicked")
+
+
+def _distance_bin(slices: int) -> str:
+    return "0-1" if slices <= 1 else ("2-4" if slices <= 4 else "5+")
+
+
+def round_change(
+    case: str, round_index: int, labels_before: np.ndarray, labels_after: np.ndarray, gt: np.ndarray, clicks: Sequence[Click] = ()
+) -> Dict:
+    """Voxels a round made right (``fixed``) and made wrong (``broken``), over the whole volume,
+    and the same counts by distance in slices from the round's nearest click of the class each
+    changed voxel took (``by_distance``: :data:`DISTANCE_BINS` -> ``{"fixed", "broken"}``).
+
+    A click's centroid is propagated through the volume (§4.1) and eq. 9 fuses its scores on every
+    slice it reaches, so a round can change voxels far from its clicks; the bins say whether what
+    it does there helps."""
     right_before, right_after = labels_before == gt, labels_after == gt
+    fixed, broken = right_after & ~right_before, right_before & ~right_after
+    click_slices: Dict[int, List[int]] = {}
+    for click in clicks:
+        click_slices.setdefault(int(click.label), []).append(click.z)
+    by_distance = {name: {"fixed": 0, "broken": 0} for name in DISTANCE_BINS}
+    for what, mask in (("fixed", fixed), ("broken", broken)):
+        z = np.nonzero(mask)[0]
+        taken = labels_after[mask]
+        for label in np.unique(taken).tolist():
+            mine = z[taken == label]
+            if label not in click_slices:
+                by_distance["unclicked"][what] += int(mine.size)
+                continue
+            nearest = np.abs(mine[:, None] - np.asarray(click_slices[label])[None, :]).min(axis=1)
+            for distance, count in zip(*np.unique(nearest, return_counts=True)):
+                by_distance[_distance_bin(int(distance))][what] += int(count)
     return {
         "case": case,
         "round": round_index,
-        "fixed": int((right_after & ~right_before).sum()),
-        "broken": int((right_before & ~right_after).sum()),
+        "fixed": int(fixed.sum()),
+        "broken": int(broken.sum()),
+        "by_distance": by_distance,
     }
 
 
@@ -141,7 +176,11 @@ def summarize_clicks(records: Sequence[Dict], changes: Sequence[Dict]) -> Dict:
         }
         for k in rounds
     }
-    return {"by_kind": by_kind, "voxels_per_round": per_round}
+    by_distance = {
+        name: {what: sum(c["by_distance"][name][what] for c in changes if "by_distance" in c) for what in ("fixed", "broken")}
+        for name in DISTANCE_BINS
+    }
+    return {"by_kind": by_kind, "voxels_per_round": per_round, "voxels_by_click_distance": by_distance}
 
 
 def clicks_markdown(summary: Dict) -> str:
@@ -164,6 +203,12 @@ def clicks_markdown(summary: Dict) -> str:
     voxels = ", ".join(f"{r}: +{v['fixed']} / -{v['broken']}" for r, v in summary["voxels_per_round"].items())
     if voxels:
         lines.append(f"- voxels fixed / broken by each round: {voxels}")
+    distances = summary.get("voxels_by_click_distance", {})
+    if any(v["fixed"] or v["broken"] for v in distances.values()):
+        lines.append(
+            "- voxels fixed / broken in all rounds, by slices from the round's nearest click of the class they took: "
+            + ", ".join(f"{name}: +{v['fixed']} / -{v['broken']}" for name, v in distances.items() if v["fixed"] or v["broken"])
+        )
     if not lines:
         return ""
     return "What the clicks did (per click: clicks.csv):\n\n" + "\n".join(lines) + "\n"

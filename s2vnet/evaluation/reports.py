@@ -152,9 +152,10 @@ def write_reports(
     band = [(name, results[mode]["overall"]) for name, mode in (("automatic", "automatic"), (f"after round {final_round}", "interactive")) if results.get(mode)]
     if band:
         lines.append(
-            f"Boundary band: with only the errors within {settings.get('boundary_band_voxels', 1)} voxel(s) of the true boundary left, mean DSC would be "
+            f"Boundary band: with only the errors within {settings.get('boundary_band_pixels', 1)} pixel(s) of the true outline left "
+            "(in-plane, on slices where both prediction and ground truth have the organ), mean DSC would be "
             + ", ".join(f"{_fmt(o['band_dsc'], 100)} ({name}, now {_fmt(o['dsc'], 100)})" for name, o in band)
-            + "; the difference is the error in regions missed or invented, which clicks can point at."
+            + "; the difference is the error in regions missed or invented (organ ends included), which clicks can point at."
         )
         lines.append("")
     counts = results["automatic"]["overall"] if automatic else results.get("interactive", {})

@@ -32,8 +32,8 @@ from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-# Width of the boundary band of the ``band_dsc`` diagnostic (:func:`boundary_band_dsc`), in voxels.
-BOUNDARY_BAND_VOXELS = 1
+# Width of the in-plane boundary band of the ``band_dsc`` diagnostic (:func:`boundary_band_dsc`), in pixels.
+BOUNDARY_BAND_PIXELS = 1
 
 
 def score_rows(
@@ -50,7 +50,7 @@ def score_rows(
         if unannotated.any():
             pred, gt = np.where(unannotated, 0, pred), np.where(unannotated, 0, gt)
     scores = score_case(pred, gt, spacing, class_ids, nsd_tolerance_mm=tolerance, protocol=protocol)
-    band = boundary_band_dsc(pred, gt, class_ids, width=BOUNDARY_BAND_VOXELS, protocol=protocol)
+    band = boundary_band_dsc(pred, gt, class_ids, width=BOUNDARY_BAND_PIXELS, protocol=protocol)
     return [
         {"case": case, "class_id": int(c), "class_name": class_names[c], "dsc": s.dsc, "hd95": s.hd95, "nsd": s.nsd, "band_dsc": band[c], **extra}
         for c, s in scores.items()
@@ -99,7 +99,7 @@ def evaluate_volume(
             session.click(click.z, click.y, click.x, click.label)
         previous, current = current, session.run().labels
         records += click_records(case, round_index, clicks, previous, current, scores_before, fused_scores_at(session, clicks), class_names)
-        changes.append(round_change(case, round_index, previous, current, gt))
+        changes.append(round_change(case, round_index, previous, current, gt, clicks))
         interactive += score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, mode="interactive", round=round_index)
     return {"automatic": automatic, "interactive": interactive, "clicks": records, "round_changes": changes}
 
@@ -140,9 +140,9 @@ def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds
         "aggregation": cfg.MODEL.S2VNET.AGGREGATION.ENABLED,
         "adaptive_sampling": cfg.MODEL.S2VNET.INTERACTION.ADAPTIVE_SAMPLING,
         "beta": cfg.MODEL.S2VNET.INTERACTION.BETA,
-        "boundary_band_voxels": BOUNDARY_BAND_VOXELS,  # case files scored before band_dsc existed are redone
+        "boundary_band_pixels": BOUNDARY_BAND_PIXELS,  # in-plane; case files scored with the older 3D band are redone
         "ignore_label": getattr(metadata, "ignore_label", None),  # unannotated voxels: never clicked, not scored
-        "click_records": 2,  # version of the click records: case files with older or none are redone
+        "click_records": 3,  # version of the click records (3: changes by click distance): older case files are redone
     }
     output_dir = Path(output_dir)
     case_dir = output_dir / "cases"
@@ -229,5 +229,5 @@ def evaluate_folders(
         rows += score_rows(case, pred.array, gt.array, gt.spacing, list(ids), names, tolerance, protocol, mode="automatic")
     class_ids = sorted(found_classes)
     names = list(class_names) if class_names else [str(i) for i in range(max(class_ids, default=0) + 1)]
-    settings = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "nsd_tolerance_mm": tolerance, "protocol": protocol, "boundary_band_voxels": BOUNDARY_BAND_VOXELS}
+    settings = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "nsd_tolerance_mm": tolerance, "protocol": protocol, "boundary_band_pixels": BOUNDARY_BAND_PIXELS}
     return write_reports(Path(output_dir), rows, [], class_ids, names, names, 0, settings)

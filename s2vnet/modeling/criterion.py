@@ -174,3 +174,76 @@ def click_point_loss(pred_masks: torch.Tensor, batch_index: torch.Tensor, rows: 
     masks = pred_masks[batch_index, rows][:, None].float()  # (E, 1, h, w)
     logits = point_sample(masks, positions.flip(-1)[:, None, :].float())[:, 0, 0]  # (E,); point_sample wants (x, y)
     return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+def fused_click_loss(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    query_padding_mask: torch.Tensor,
+    click_rows: torch.Tensor,
+    click_batch_index: torch.Tensor,
+    click_labels: torch.Tensor,
+    label_slices: torch.Tensor,
+    input_size: Tuple[int, int],
+    ignore_label: int,
+) -> torch.Tensor:
+    """Cross-entropy of the label map an interactive session shows, fused by eq. 9.
+
+    At inference a click centroid of class c changes the result only through eq. 9: class c's
+    score becomes max(automatic score, click centroid's score), and the label is the class with the
+    highest fused score. The mask losses train a click centroid on its class's mask by itself, so
+    wherever its mask is a little larger than the automatic one (at every boundary of c, on every
+    slice its track reaches) the max turns correct voxels into c: a round breaks voxels far from
+    its click while it fixes the clicked error. This term scores the fused labels themselves: the
+    automatic scores (the other queries of the same decode, detached) max-fused with the click
+    centroids' scores (eq. 9, per class), resized to the input in log-odds as inference does, and a
+    softmax cross-entropy over classes against the ground truth. The max passes a gradient only
+    where a click centroid decides its class's fused score, so it teaches exactly what the max
+    fusion needs: claim the voxels the automatic pass got wrong, leave the ones it got right.
+
+    The mean is over the pixels where a clicked class is true or predicted (its region of
+    influence), not over the whole slice, so that a click's few broken voxels are not diluted by
+    the empty rest of the image.
+
+    Args:
+        pred_logits: (B, Q, K+1) and pred_masks (B, Q, h, w) of one decoded slice (all queries).
+        query_padding_mask: (B, Q), True for padding queries.
+        click_rows, click_batch_index, click_labels: (E,) query row, batch element and class of
+            every click-initialised centroid on this slice.
+        label_slices: (B, H, W) ground-truth labels of the slices, ``ignore_label`` where unknown.
+        input_size: (H', W') of the padded network input the mask grid covers.
+    Returns:
+        A scalar; 0 (still in the graph, for DDP) when there are no click centroids.
+    """
+    # Imported here: postprocess and interaction sit above the criterion in the model's layers.
+    from s2vnet.modeling.interaction import identity_score
+    from s2vnet.modeling.postprocess import class_score_maps, upsample_log_odds
+
+    losses = []
+    for b in click_batch_index.unique().tolist():
+        mine = click_batch_index == b
+        rows, labels = click_rows[mine], click_labels[mine]
+        automatic = ~query_padding_mask[b]
+        automatic[rows] = False
+        with torch.no_grad():
+            fused = class_score_maps(pred_logits[b, automatic], pred_masks[b, automatic])  # (K, h, w), round 0
+        clicked = identity_score(pred_logits[b, rows], pred_masks[b, rows], labels)  # (E_b, h, w)
+        classes = labels.unique().tolist()
+        per_class = [fused[c] for c in range(fused.shape[0])]
+        for c in classes:
+            per_class[c] = torch.maximum(per_class[c], clicked[labels == c].amax(0))  # eq. 9
+        height, width = label_slices.shape[-2:]
+        log_odds = upsample_log_odds(torch.stack(per_class), input_size)[:, :height, :width]  # (K, H, W)
+        target = label_slices[b].long()
+        with torch.no_grad():
+            predicted = log_odds.argmax(0)
+            region = torch.zeros_like(target, dtype=torch.bool)
+            for c in classes:
+                region |= (target == c) | (predicted == c)
+            region &= target != ignore_label
+        if region.any():
+            ce = F.cross_entropy(log_odds[None], torch.where(region, target, 0)[None], reduction="none")[0]
+            losses.append(ce[region].mean())
+    if not losses:
+        return pred_masks.sum() * 0.0
+    return torch.stack(losses).mean()

@@ -28,7 +28,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from torch import nn
 
 from s2vnet.data.clicks import corrective_clicks, initial_clicks, missed_region_clicks
-from s2vnet.modeling.criterion import SetCriterion, SliceTargets, click_point_loss
+from s2vnet.modeling.criterion import SetCriterion, SliceTargets, click_point_loss, fused_click_loss
 from s2vnet.modeling.interaction import ClickEncoder, accumulate_round, identity_score
 from s2vnet.modeling.matcher import HungarianMatcher
 from s2vnet.modeling.pixel_decoder.msdeformattn import build_pixel_decoder
@@ -37,6 +37,9 @@ from s2vnet.modeling.propagation import RecurrentCentroidAggregator, Tracks, han
 from s2vnet.modeling.transformer_decoder.kmeans_decoder import KMeansTransformerDecoder
 
 logger = logging.getLogger(__name__)
+
+# Track key of a click-initialised identity in training (identities the learnable queries start have None).
+CLICK_KEY = "click"
 
 
 @META_ARCH_REGISTRY.register()
@@ -67,6 +70,7 @@ class S2VNet(nn.Module):
         beta: float,
         max_clicks_per_class: int,
         click_loss_weight: float = 5.0,
+        fused_loss_weight: float = 0.0,
         deep_supervision: bool = True,
     ):
         super().__init__()
@@ -90,6 +94,7 @@ class S2VNet(nn.Module):
         self.beta = beta
         self.max_clicks_per_class = max_clicks_per_class
         self.click_loss_weight = click_loss_weight
+        self.fused_loss_weight = fused_loss_weight
         self.deep_supervision = deep_supervision
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
@@ -150,6 +155,7 @@ class S2VNet(nn.Module):
             "beta": s2v.INTERACTION.BETA,
             "max_clicks_per_class": s2v.INTERACTION.MAX_CLICKS_PER_CLASS,
             "click_loss_weight": s2v.INTERACTION.CLICK_LOSS_WEIGHT,
+            "fused_loss_weight": s2v.INTERACTION.FUSED_LOSS_WEIGHT,
             "deep_supervision": mf.DEEP_SUPERVISION,
         }
         return model_kwargs
@@ -289,6 +295,8 @@ class S2VNet(nn.Module):
             slice_losses, matches = self.criterion(outputs, targets[t])
             if t == 0:
                 slice_losses.update(self.click_losses(outputs, tracks, click_positions))
+            if self.fused_loss_weight > 0:
+                slice_losses["loss_fused"] = self.fused_loss_weight * self.fused_loss(outputs, tracks, labels[:, t], features["input_size"])
             for name, value in slice_losses.items():
                 losses[name] = losses.get(name, 0.0) + value / num_slices
             if t + 1 < num_slices:
@@ -306,6 +314,16 @@ class S2VNet(nn.Module):
             f"loss_click{suffix}": self.click_loss_weight * click_point_loss(layer["pred_masks"], tracks.batch_index, rows, positions)
             for suffix, layer in layers
         }
+
+    def fused_loss(self, outputs, tracks: Tracks, label_slices: torch.Tensor, input_size) -> torch.Tensor:
+        """``loss_fused``: :func:`fused_click_loss` for the click-initialised identities on this
+        slice (on the clicked slice and, propagated, on the slices after it)."""
+        from_clicks = torch.tensor([key == CLICK_KEY for key in tracks.keys], dtype=torch.bool, device=self.device)
+        rows = self.decoder.num_queries + outputs["track_slot"]
+        return fused_click_loss(
+            outputs["pred_logits"], outputs["pred_masks"], outputs["query_padding_mask"], rows[from_clicks],
+            tracks.batch_index[from_clicks], tracks.labels[from_clicks], label_slices, input_size, self.ignore_label,
+        )
 
     def slice_targets(self, instances, label_slice: torch.Tensor) -> SliceTargets:
         """Segments of one slice from the mapper's per-class masks (background included); pixels
@@ -352,7 +370,8 @@ class S2VNet(nn.Module):
             # H^{t-1}: the carried memory of continuing identities, the learned empty history of new ones.
             carried = tracks.memory[torch.tensor([t for _, _, t in continuing_rows], dtype=torch.long)]
             memory = torch.cat([carried, self.aggregator.initial(len(new_rows)).to(carried.dtype)])
-        return hand_over(centroids, labels, batch_index, memory, self.aggregator, self.detach_handover)
+        keys = [tracks.keys[t] for _, _, t in continuing_rows] + [None] * len(new_rows)
+        return hand_over(centroids, labels, batch_index, memory, self.aggregator, self.detach_handover, keys)
 
     # ------------------------------------------------------------------ simulated clicks (§3.3)
     def click_tracks(self, features, label_slices: torch.Tensor, targets: List[SliceTargets]) -> Tuple[Tracks, torch.Tensor]:
@@ -440,6 +459,7 @@ class S2VNet(nn.Module):
             labels=labels,
             batch_index=torch.tensor([b for b, _ in keys], dtype=torch.int64, device=self.device),
             memory=memory,
+            keys=[CLICK_KEY] * len(keys),
         )
 
     @torch.no_grad()
