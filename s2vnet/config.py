@@ -113,10 +113,7 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.MODEL.S2VNET.INTERACTION.BETA = 0.8  # eq. 8: weight of earlier rounds' features (§3.3)
     cfg.MODEL.S2VNET.INTERACTION.MAX_CLICKS_PER_CLASS = 20  # cluster centres reserved per class for clicks (§3.3)
     cfg.MODEL.S2VNET.INTERACTION.CLICK_LOSS_WEIGHT = 5.0  # training: weight of the BCE of each click centroid's mask at its own click
-    # training: weight of the cross-entropy of the eq. 9-fused labels (automatic scores max click
-    # centroids' scores) where a clicked class is true or predicted; 0 turns it off. 5 was best on
-    # a validation set of phantoms (README, Limitations); higher weights lower the automatic pass.
-    cfg.MODEL.S2VNET.INTERACTION.FUSED_LOSS_WEIGHT = 5.0
+    cfg.MODEL.S2VNET.INTERACTION.FUSED_LOSS_WEIGHT = 5.0  # training: weight of the cross-entropy of the eq. 9-fused labels where a clicked class is true or predicted; 0 turns it off (5 best on validation phantoms, higher weights lower the automatic pass: README, Limitations)
     cfg.MODEL.S2VNET.TEST = CN()
     cfg.MODEL.S2VNET.TEST.SLICE_BATCH_SIZE = 16  # slices encoded per backbone + pixel-decoder batch
     cfg.MODEL.S2VNET.TEST.AMP_DTYPE = "bfloat16"  # autocast dtype on GPU ("bfloat16", "float16" or "float32")

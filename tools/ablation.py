@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The paper's component analysis (Table 4) on CT phantoms, with one budget and one seed.
 
-    bash scripts/ablation.sh                 # ~51 minutes on 2 CPU cores
+    bash scripts/ablation.sh                 # ~42 minutes on 2 CPU cores
     bash scripts/ablation.sh --iters 300     # shorter
-    bash scripts/ablation.sh --full-model demo_output/train/model_final.pth   # ~34 min: model C not retrained
+    bash scripts/ablation.sh --full-model demo_output/train/model_final.pth   # ~29 min: model C not retrained
 
 ``--full-model`` takes model C (the full method) from a finished run of the same configuration,
 data, seed and budget instead of training it again: the demo's checkpoint is exactly that run.
