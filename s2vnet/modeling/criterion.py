@@ -216,7 +216,7 @@ def fused_click_loss(
         A scalar; 0 (still in the graph, for DDP) when there are no click centroids.
     """
     # Imported here: postprocess and interaction sit above the criterion in the model's layers.
-    from s2vnet.modeling.interaction import identity_score
+    from s2vnet.modeling.interaction import fuse_identity_scores, identity_score
     from s2vnet.modeling.postprocess import class_score_maps, upsample_log_odds
 
     losses = []
@@ -226,19 +226,16 @@ def fused_click_loss(
         automatic = ~query_padding_mask[b]
         automatic[rows] = False
         with torch.no_grad():
-            fused = class_score_maps(pred_logits[b, automatic], pred_masks[b, automatic])  # (K, h, w), round 0
+            automatic_scores = class_score_maps(pred_logits[b, automatic], pred_masks[b, automatic])  # (K, h, w), round 0
         clicked = identity_score(pred_logits[b, rows], pred_masks[b, rows], labels)  # (E_b, h, w)
-        classes = labels.unique().tolist()
-        per_class = [fused[c] for c in range(fused.shape[0])]
-        for c in classes:
-            per_class[c] = torch.maximum(per_class[c], clicked[labels == c].amax(0))  # eq. 9
+        fused = fuse_identity_scores(automatic_scores, clicked, labels)  # eq. 9
         height, width = label_slices.shape[-2:]
-        log_odds = upsample_log_odds(torch.stack(per_class), input_size)[:, :height, :width]  # (K, H, W)
+        log_odds = upsample_log_odds(fused, input_size)[:, :height, :width]  # (K, H, W)
         target = label_slices[b].long()
         with torch.no_grad():
             predicted = log_odds.argmax(0)
             region = torch.zeros_like(target, dtype=torch.bool)
-            for c in classes:
+            for c in labels.unique().tolist():
                 region |= (target == c) | (predicted == c)
             region &= target != ignore_label
         if region.any():

@@ -137,6 +137,19 @@ def fuse_rounds(round_scores: torch.Tensor) -> torch.Tensor:
     return round_scores.amax(dim=0)
 
 
+def fuse_identity_scores(class_scores: torch.Tensor, identity_scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 on one slice: each class's round-0 score map max-fused with the scores of the identity
+    queries of that class (click centroids, or any later round's centres).
+
+    class_scores (K, h, w), identity_scores (E, h, w), labels (E,) -> (K, h, w), a new tensor; a
+    gradient reaches whichever input wins at each pixel.
+    """
+    per_class = list(class_scores.unbind(0))
+    for c in labels.unique().tolist():
+        per_class[c] = fuse_rounds(torch.cat([per_class[c][None], identity_scores[labels == c]]))
+    return torch.stack(per_class)
+
+
 def identity_score(pred_logits: torch.Tensor, pred_masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """M^r * c^r of eq. 9 for identity queries: sigmoid mask times the probability of the query's own class.
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from s2vnet.data.clicks import corrective_clicks, initial_clicks, missed_region_clicks
 from s2vnet.modeling.criterion import SetCriterion, SliceTargets, click_point_loss, fused_click_loss
-from s2vnet.modeling.interaction import ClickEncoder, accumulate_round, identity_score
+from s2vnet.modeling.interaction import ClickEncoder, accumulate_round, fuse_identity_scores, identity_score
 from s2vnet.modeling.matcher import HungarianMatcher
 from s2vnet.modeling.pixel_decoder.msdeformattn import build_pixel_decoder
 from s2vnet.modeling.postprocess import class_score_maps, scores_to_labels, upsample_log_odds
@@ -70,7 +70,7 @@ class S2VNet(nn.Module):
         beta: float,
         max_clicks_per_class: int,
         click_loss_weight: float = 5.0,
-        fused_loss_weight: float = 0.0,
+        fused_loss_weight: float = 5.0,
         deep_supervision: bool = True,
     ):
         super().__init__()
@@ -477,10 +477,13 @@ class S2VNet(nn.Module):
         outputs = self.decode(detached, detached_tracks, all_layer_masks=False)
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
         num_learnable = self.decoder.num_queries
-        fused = torch.stack([class_score_maps(logits[b, :num_learnable], masks[b, :num_learnable]) for b in range(logits.shape[0])])
         rows = num_learnable + outputs["track_slot"]
         track_scores = identity_score(logits[tracks.batch_index, rows], masks[tracks.batch_index, rows], tracks.labels)
-        for e in range(len(tracks)):
-            b, c = int(tracks.batch_index[e]), int(tracks.labels[e])
-            fused[b, c] = torch.maximum(fused[b, c], track_scores[e])
+        fused = torch.stack([
+            fuse_identity_scores(
+                class_score_maps(logits[b, :num_learnable], masks[b, :num_learnable]),
+                track_scores[tracks.batch_index == b], tracks.labels[tracks.batch_index == b],
+            )
+            for b in range(logits.shape[0])
+        ])
         return scores_to_labels(upsample_log_odds(fused, features["input_size"])).cpu().numpy()
