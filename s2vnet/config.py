@@ -131,6 +131,7 @@ def add_s2vnet_config(cfg: CN) -> None:
     # ---------------------------------------------------------------- evaluation
     cfg.TEST.EVAL_ROUNDS = 15  # interactive evaluation: click rounds per volume (§4.4, Fig. 5)
     cfg.TEST.NSD_TOLERANCE = 1.0  # NSD tolerance in mm (one value for all classes)
+    cfg.TEST.BOUNDARY_BAND_PIXELS = 1  # width of the in-plane outline band of the band-DSC diagnostic (errors a click cannot point at)
     cfg.TEST.METRIC_PROTOCOL = "standard"  # "standard" (DESIGN §7) or "word" (the WORD benchmark's script)
     cfg.SEED = 0  # fixed by default so that runs are reproducible (Detectron2's default is random)
 
@@ -216,5 +217,7 @@ def validate_config(cfg: CN) -> None:
             f"config INPUT.IMAGE_SIZE = {cfg.INPUT.IMAGE_SIZE}: must be a multiple of "
             f"MODEL.MASK_FORMER.SIZE_DIVISIBILITY = {cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY}"
         )
+    if cfg.TEST.BOUNDARY_BAND_PIXELS < 1:
+        raise InputError(f"config TEST.BOUNDARY_BAND_PIXELS = {cfg.TEST.BOUNDARY_BAND_PIXELS}: must be an integer >= 1")
     if cfg.MODEL.S2VNET.AGGREGATION.ENABLED and not cfg.MODEL.S2VNET.PROPAGATION.ENABLED:
         raise InputError("config MODEL.S2VNET.AGGREGATION.ENABLED needs MODEL.S2VNET.PROPAGATION.ENABLED")

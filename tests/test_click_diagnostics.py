@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from s2vnet.data.clicks import Click
-from s2vnet.evaluation.click_diagnostics import click_records, clicks_markdown, fused_scores_at, round_change, summarize_clicks
+from s2vnet.evaluation.click_diagnostics import click_records, clicks_markdown, error_region, fused_scores_at, round_change, summarize_clicks
 
 NAMES = ["background", "liver", "spleen"]
 
@@ -48,11 +48,50 @@ def test_click_records_say_what_each_click_did():
     assert missed == {
         "case": "c", "round": 2, "z": 1, "y": 0, "x": 0, "label": 1, "class_name": "liver", "kind": "missed",
         "label_before": 0, "label_after": 1, "score_before": 0.3, "score_after": 0.95, "best_other_after": 0.7,
+        "error_voxels": None, "error_voxels_fixed": None, "error_depth_px": None,  # no ground truth given
     }
     assert wrong_organ["kind"] == "wrong_organ" and wrong_organ["label_before"] == 2 and wrong_organ["best_other_after"] == 0.8
     assert negative["kind"] == "negative" and negative["best_other_after"] == 0.8 and negative["label_after"] == 2
     with pytest.raises(ValueError):  # scores that do not follow the clicks
         click_records("c", 2, clicks, before, after, scores_before[:2], scores_after, NAMES)
+
+
+def test_error_region_is_the_connected_error_of_the_clicked_kind():
+    gt = np.zeros((3, 8, 8), np.uint8)
+    gt[:, 1:7, 1:7] = 1
+    pred = gt.copy()
+    pred[0:2, 1:7, 1:3] = 0  # liver missed: a 2-pixel-wide strip on slices 0-1 ...
+    pred[2, 1, 1] = 2  # ... and, on slice 2, one voxel called spleen: another kind of error, not in the region
+    pred[2, 5:7, 5:7] = 0  # a separate miss, not connected to the strip
+    region = error_region(Click(0, 3, 1, 1), gt, pred)
+    assert region.sum() == 24 and region[0:2, 1:7, 1:3].all()
+    assert error_region(Click(1, 3, 4, 1), gt, pred) is None  # a voxel already right
+    assert error_region(Click(2, 1, 1, 1), gt, pred).sum() == 1
+
+
+def test_click_records_measure_the_error_region_and_what_the_round_fixed():
+    gt = np.zeros((2, 12, 12), np.uint8)
+    gt[:, 1:11, 1:11] = 1
+    before = gt.copy()
+    before[:, 1:11, 1:3] = 0  # a 2-pixel-wide strip of liver missed (depth 1 at its middle)
+    before[:, 4:10, 4:10] = 2  # a 6 x 6 block of liver called spleen (depth 3 at its middle)
+    after = before.copy()
+    after[:, 4:10, 4:7] = 1  # the round fixes half the block and none of the strip
+    clicks = [Click(0, 5, 1, 1), Click(0, 6, 6, 1)]
+    scores = [np.array([0.1, 0.5, 0.2])] * 2
+    strip, block = click_records("c", 2, clicks, before, after, scores, scores, NAMES, gt)
+    assert (strip["error_voxels"], strip["error_voxels_fixed"], strip["error_depth_px"]) == (40, 0, 1.0)
+    assert (block["error_voxels"], block["error_voxels_fixed"], block["error_depth_px"]) == (72, 36, 3.0)
+    first = click_records("c", 1, [Click(0, 2, 5, 1)], before, after, scores[:1], scores[:1], NAMES, gt)[0]
+    assert first["error_voxels"] is None  # the first click sits on a voxel already right
+    summary = summarize_clicks([strip, block, first], [])
+    assert summary["later_clicks_by_depth"] == {
+        "<=1": {"clicks": 1, "error_voxels": 40, "error_voxels_fixed": 0},
+        "<=2": {"clicks": 0, "error_voxels": 0, "error_voxels_fixed": 0},
+        "<=4": {"clicks": 1, "error_voxels": 72, "error_voxels_fixed": 36},
+        ">4": {"clicks": 0, "error_voxels": 0, "error_voxels_fixed": 0},
+    }
+    assert "<=1 px: 1 clicks, 0 of 40 (0%), <=4 px: 1 clicks, 36 of 72 (50%)" in clicks_markdown(summary)
 
 
 def test_a_voxel_clicked_twice_in_a_round_is_one_record():

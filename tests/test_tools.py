@@ -41,6 +41,13 @@ def test_folder_evaluation_on_the_real_ct(real_seg_path, tmp_path):
     summary = (tmp_path / "report/summary.md").read_text()
     assert summary.count("| Automatic |") == 1 and "Boundary band" in summary
     assert "band_dsc" in (tmp_path / "report/results.csv").read_text().splitlines()[0]
+    # A band 2 pixels wide holds both strips: every error is in it, so the band DSC is the DSC.
+    result = _tool("tools/eval_volume.py", "--pred-dir", pred_dir, "--gt-dir", gt_dir, "--output", tmp_path / "band2", "--band-width", "2")
+    assert result.returncode == 0, result.stderr
+    band2 = json.loads((tmp_path / "band2/results.json").read_text())
+    assert band2["settings"]["boundary_band_pixels"] == 2
+    for row in band2["per_case"]:
+        assert row["band_dsc"] == pytest.approx(row["dsc"])
     # Identical folders score perfectly.
     result = _tool("tools/eval_volume.py", "--pred-dir", gt_dir, "--gt-dir", gt_dir, "--output", tmp_path / "perfect")
     perfect = json.loads((tmp_path / "perfect/results.json").read_text())

@@ -50,6 +50,7 @@ def parse_args(argv=None):
     folders.add_argument("--labels", help="dataset.json whose 'labels' name the classes (default: every label found)")
     parser.add_argument("--output", help="report folder (default: <OUTPUT_DIR>/eval/<split> in model mode)")
     parser.add_argument("--nsd-tolerance", type=float, default=None, help="NSD tolerance in mm (default: TEST.NSD_TOLERANCE, 1.0)")
+    parser.add_argument("--band-width", type=int, default=None, help="in-plane outline band of the band-DSC diagnostic, pixels (default: TEST.BOUNDARY_BAND_PIXELS, 1)")
     parser.add_argument("--protocol", choices=("standard", "word"), default=None, help="'word' = the WORD benchmark's own script")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs (model mode)")
     args = parser.parse_args(argv)
@@ -73,6 +74,8 @@ def model_mode(args):
         overrides += ["TEST.NSD_TOLERANCE", str(args.nsd_tolerance)]
     if args.protocol:
         overrides += ["TEST.METRIC_PROTOCOL", args.protocol]
+    if args.band_width is not None:
+        overrides += ["TEST.BOUNDARY_BAND_PIXELS", str(args.band_width)]
     cfg = load_config(args.config_file, overrides)
     seed_all_rng(cfg.SEED + comm.get_rank())
     register_datasets_from_config(cfg)
@@ -108,6 +111,7 @@ def folder_mode(args):
         Path(args.pred_dir), Path(args.gt_dir), output, class_names,
         tolerance=args.nsd_tolerance if args.nsd_tolerance is not None else 1.0,
         protocol=args.protocol or "standard",
+        band_width=args.band_width if args.band_width is not None else 1,
     )
     logger.info("Report in %s\n%s", output / "summary.md", (output / "summary.md").read_text())
     return results

@@ -9,8 +9,13 @@ click whose class still loses at its own voxel shows up as ``score_after <= best
 volume say whether a click's effect spread well or badly.
 
 A record: ``{"case", "round", "z", "y", "x", "label", "class_name", "kind", "label_before",
-"label_after", "score_before", "score_after", "best_other_after"}``; scores are eq. 9's fused
-class scores on the native grid, in [0, 1]. ``kind`` is one of :data:`CLICK_KINDS`:
+"label_after", "score_before", "score_after", "best_other_after", "error_voxels",
+"error_voxels_fixed", "error_depth_px"}``; scores are eq. 9's fused class scores on the native
+grid, in [0, 1]. The ``error_*`` fields describe the click's *error region* (:func:`error_region`):
+the face-connected voxels, around the click, with the same true and predicted label as its voxel;
+its size, how many of its voxels the round made right, and the click's in-plane depth in it
+(pixels to the region's edge on the clicked slice: 1 on a one- or two-pixel-wide sliver). They are
+None for a click on a voxel that was already right. ``kind`` is one of :data:`CLICK_KINDS`:
 
 * ``first``: round 1, the protocol's click deep inside the class (usually on a voxel already right);
 * ``missed``: a later click of an organ on a voxel predicted as background;
@@ -26,6 +31,7 @@ from typing import Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from s2vnet.data.clicks import Click
 
@@ -41,7 +47,13 @@ CLICK_KINDS = {
 CLICK_FIELDS = (
     "case", "round", "z", "y", "x", "label", "class_name", "kind",
     "label_before", "label_after", "score_before", "score_after", "best_other_after",
+    "error_voxels", "error_voxels_fixed", "error_depth_px",
 )
+
+#: Bins of a later click's in-plane depth in its error region, in pixels (upper bounds, the last
+#: open). Depth 1 means the region is one or two pixels wide at the click: a sliver along an
+#: outline, narrower than one cell of a stride-2 mask grid.
+DEPTH_BINS = (("<=1", 1.0), ("<=2", 2.0), ("<=4", 4.0), (">4", float("inf")))
 
 
 class FusedScores(Protocol):
@@ -68,6 +80,34 @@ def fused_scores_at(session: FusedScores, clicks: Sequence[Click]) -> List[np.nd
     return [by_slice[c.z][:, c.y, c.x] for c in clicks]
 
 
+def error_region(click: Click, gt: np.ndarray, labels_before: np.ndarray) -> Optional[np.ndarray]:
+    """The click's error region: the face-connected component, containing the click's voxel, of the
+    voxels whose (true, predicted) labels equal the voxel's; None when the voxel was right.
+
+    This is the part of the protocol's clicked error component (one class's false negatives or
+    false positives, :func:`s2vnet.data.clicks.corrective_clicks`) that is wrong in the same way as
+    the clicked voxel, so one click of one label could fix all of it. A (Z, Y, X) bool array."""
+    true, predicted = int(gt[click.z, click.y, click.x]), int(labels_before[click.z, click.y, click.x])
+    if true == predicted:
+        return None
+    same = (gt == true) & (labels_before == predicted)
+    # Labelling only the errors' bounding box keeps this cheap on large CT volumes: one of the two
+    # labels is an organ, so the box is at most that organ's.
+    box = ndimage.find_objects(same.view(np.uint8), max_label=1)[0]
+    components, _ = ndimage.label(same[box])  # face connectivity, as the protocol's
+    region = np.zeros_like(same)
+    inside = tuple(index - s.start for index, s in zip((click.z, click.y, click.x), box))
+    region[box] = components == components[inside]
+    return region
+
+
+def _inplane_depth(region: np.ndarray, click: Click) -> float:
+    """Distance in pixels from the click to the nearest pixel outside ``region`` on its slice
+    (outside the slice counts as outside), as the protocol measures depth but in pixels."""
+    padded = np.pad(region[click.z], 1)
+    return float(ndimage.distance_transform_edt(padded)[click.y + 1, click.x + 1])
+
+
 def click_records(
     case: str,
     round_index: int,
@@ -77,9 +117,11 @@ def click_records(
     scores_before: Sequence[np.ndarray],
     scores_after: Sequence[np.ndarray],
     class_names: Sequence[str],
+    gt: Optional[np.ndarray] = None,
 ) -> List[Dict]:
     """One record per click of a round (repeats once), from the labels and fused scores before
-    and after it; ``scores_before`` and ``scores_after`` follow ``clicks``."""
+    and after it; ``scores_before`` and ``scores_after`` follow ``clicks``. With the ground truth
+    ``gt``, the ``error_*`` fields are filled for clicks on a wrong voxel (else they are None)."""
     records, seen = [], set()
     for click, before, after in zip(clicks, scores_before, scores_after, strict=True):
         if click in seen:
@@ -87,6 +129,7 @@ def click_records(
         seen.add(click)
         others = np.delete(after, click.label)
         label_before = int(labels_before[click.z, click.y, click.x])
+        region = error_region(click, gt, labels_before) if gt is not None else None
         records.append({
             "case": case,
             "round": round_index,
@@ -99,6 +142,9 @@ def click_records(
             "score_before": float(before[click.label]),
             "score_after": float(after[click.label]),
             "best_other_after": float(others.max()) if others.size else 0.0,
+            "error_voxels": None if region is None else int(region.sum()),
+            "error_voxels_fixed": None if region is None else int((labels_after[region] == gt[region]).sum()),
+            "error_depth_px": None if region is None else _inplane_depth(region, click),
         })
     return records
 
@@ -180,7 +226,26 @@ def summarize_clicks(records: Sequence[Dict], changes: Sequence[Dict]) -> Dict:
         name: {what: sum(c["by_distance"][name][what] for c in changes if "by_distance" in c) for what in ("fixed", "broken")}
         for name in DISTANCE_BINS
     }
-    return {"by_kind": by_kind, "voxels_per_round": per_round, "voxels_by_click_distance": by_distance}
+    return {
+        "by_kind": by_kind,
+        "voxels_per_round": per_round,
+        "voxels_by_click_distance": by_distance,
+        "later_clicks_by_depth": _by_depth([r for r in records if r["kind"] != "first"]),
+    }
+
+
+def _by_depth(records: Sequence[Dict]) -> Dict[str, Dict[str, int]]:
+    """Per :data:`DEPTH_BINS` bin: the clicks, their error regions' voxels and the voxels fixed."""
+    bins = {name: {"clicks": 0, "error_voxels": 0, "error_voxels_fixed": 0} for name, _ in DEPTH_BINS}
+    for record in records:
+        depth = record.get("error_depth_px")
+        if depth is None:  # a record without ground truth, or on a voxel already right
+            continue
+        name = next(name for name, upper in DEPTH_BINS if depth <= upper)
+        bins[name]["clicks"] += 1
+        bins[name]["error_voxels"] += record["error_voxels"]
+        bins[name]["error_voxels_fixed"] += record["error_voxels_fixed"]
+    return bins
 
 
 def clicks_markdown(summary: Dict) -> str:
@@ -208,6 +273,17 @@ def clicks_markdown(summary: Dict) -> str:
         lines.append(
             "- voxels fixed / broken in all rounds, by slices from the round's nearest click of the class they took: "
             + ", ".join(f"{name}: +{v['fixed']} / -{v['broken']}" for name, v in distances.items() if v["fixed"] or v["broken"])
+        )
+    depths = summary.get("later_clicks_by_depth", {})
+    if any(v["clicks"] for v in depths.values()):
+        lines.append(
+            "- later clicks by their in-plane depth in their error region (pixels to its edge on the clicked slice; "
+            "the region: connected voxels with the click's true and predicted labels), and the region voxels the round fixed: "
+            + ", ".join(
+                f"{name} px: {v['clicks']} clicks, {v['error_voxels_fixed']} of {v['error_voxels']} "
+                f"({100 * v['error_voxels_fixed'] / max(v['error_voxels'], 1):.0f}%)"
+                for name, v in depths.items() if v["clicks"]
+            )
         )
     if not lines:
         return ""

@@ -32,14 +32,14 @@ from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-# Width of the in-plane boundary band of the ``band_dsc`` diagnostic (:func:`boundary_band_dsc`), in pixels.
-BOUNDARY_BAND_PIXELS = 1
 
 
 def score_rows(
-    case: str, pred: np.ndarray, gt: np.ndarray, spacing, class_ids, class_names, tolerance, protocol, ignore_label: Optional[int] = None, **extra
+    case: str, pred: np.ndarray, gt: np.ndarray, spacing, class_ids, class_names, tolerance, protocol, ignore_label: Optional[int] = None,
+    band_width: int = 1, **extra
 ) -> List[Dict]:
-    """Rows of one case (and round) for every class in ``class_ids``.
+    """Rows of one case (and round) for every class in ``class_ids``; ``band_dsc`` is
+    :func:`boundary_band_dsc` with a band of ``band_width`` pixels.
 
     Voxels the ground truth marks ``ignore_label`` (unannotated: nnU-Net's "ignore" label, 255
     once prepared) count for nothing: both sides are background there, as nnU-Net's own
@@ -50,7 +50,7 @@ def score_rows(
         if unannotated.any():
             pred, gt = np.where(unannotated, 0, pred), np.where(unannotated, 0, gt)
     scores = score_case(pred, gt, spacing, class_ids, nsd_tolerance_mm=tolerance, protocol=protocol)
-    band = boundary_band_dsc(pred, gt, class_ids, width=BOUNDARY_BAND_PIXELS, protocol=protocol)
+    band = boundary_band_dsc(pred, gt, class_ids, width=band_width, protocol=protocol)
     return [
         {"case": case, "class_id": int(c), "class_name": class_names[c], "dsc": s.dsc, "hd95": s.hd95, "nsd": s.nsd, "band_dsc": band[c], **extra}
         for c, s in scores.items()
@@ -69,20 +69,21 @@ def evaluate_volume(
     tolerance: float,
     protocol: str,
     ignore_label: Optional[int] = None,
+    band_width: int = 1,
 ) -> Dict[str, List[Dict]]:
     """Automatic rows and, with ``rounds`` > 0, interactive rows for rounds 0..rounds of one volume,
     with a record of what each click did (``clicks``) and the voxels each round fixed and broke
     (``round_changes``; :mod:`s2vnet.evaluation.click_diagnostics`). Voxels labelled
-    ``ignore_label`` are never clicked and not scored (:func:`score_rows`)."""
+    ``ignore_label`` are never clicked and not scored (:func:`score_rows`, which also takes ``band_width``)."""
     from s2vnet.inference.session import InteractiveSession  # inference builds on the model
 
     if rounds == 0:
         labels = predictor.predict_automatic(image).labels
-        automatic = score_rows(case, labels, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, mode="automatic")
+        automatic = score_rows(case, labels, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, band_width, mode="automatic")
         return {"automatic": automatic, "interactive": [], "clicks": [], "round_changes": []}
     session = InteractiveSession(predictor, image)
     current = session.result().labels  # the automatic prediction, from the same features
-    automatic = score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, mode="automatic")
+    automatic = score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, band_width, mode="automatic")
     interactive = [dict(row, mode="interactive", round=0) for row in automatic]
     records, changes = [], []
     for round_index in range(1, rounds + 1):
@@ -98,9 +99,9 @@ def evaluate_volume(
         for click in clicks:
             session.click(click.z, click.y, click.x, click.label)
         previous, current = current, session.run().labels
-        records += click_records(case, round_index, clicks, previous, current, scores_before, fused_scores_at(session, clicks), class_names)
+        records += click_records(case, round_index, clicks, previous, current, scores_before, fused_scores_at(session, clicks), class_names, gt)
         changes.append(round_change(case, round_index, previous, current, gt, clicks))
-        interactive += score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, mode="interactive", round=round_index)
+        interactive += score_rows(case, current, gt, spacing, class_ids, class_names, tolerance, protocol, ignore_label, band_width, mode="interactive", round=round_index)
     return {"automatic": automatic, "interactive": interactive, "clicks": records, "round_changes": changes}
 
 
@@ -140,9 +141,9 @@ def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds
         "aggregation": cfg.MODEL.S2VNET.AGGREGATION.ENABLED,
         "adaptive_sampling": cfg.MODEL.S2VNET.INTERACTION.ADAPTIVE_SAMPLING,
         "beta": cfg.MODEL.S2VNET.INTERACTION.BETA,
-        "boundary_band_pixels": BOUNDARY_BAND_PIXELS,  # in-plane; case files scored with the older 3D band are redone
+        "boundary_band_pixels": cfg.TEST.BOUNDARY_BAND_PIXELS,  # in-plane; case files scored with the older 3D band are redone
         "ignore_label": getattr(metadata, "ignore_label", None),  # unannotated voxels: never clicked, not scored
-        "click_records": 3,  # version of the click records (3: changes by click distance): older case files are redone
+        "click_records": 4,  # version of the click records (4: error regions' size, depth, voxels fixed): older case files are redone
     }
     output_dir = Path(output_dir)
     case_dir = output_dir / "cases"
@@ -157,7 +158,7 @@ def evaluate_dataset(cfg, predictor, dataset_name: str, output_dir: Path, rounds
             raise InputError(f"{record['case_id']}: evaluation needs ground-truth labels, but {record['image_file']} has none")
         rows = evaluate_volume(
             predictor, record["case_id"], np.asarray(volume.image), np.asarray(volume.label), volume.spacing,
-            class_ids, class_names, rounds, tolerance, protocol, settings["ignore_label"],
+            class_ids, class_names, rounds, tolerance, protocol, settings["ignore_label"], cfg.TEST.BOUNDARY_BAND_PIXELS,
         )
         write_json_atomic(result_path, _json_safe({"settings": settings, **rows}))
     comm.synchronize()
@@ -195,6 +196,7 @@ def evaluate_folders(
     class_names: Optional[Sequence[str]] = None,
     tolerance: float = 1.0,
     protocol: str = "standard",
+    band_width: int = 1,
     progress: bool = True,
 ) -> Dict:
     """Score every ground-truth file in ``gt_dir`` against the same-named file in ``pred_dir``.
@@ -226,8 +228,8 @@ def evaluate_folders(
         found_classes.update(ids)
         names = list(class_names) if class_names else [str(i) for i in range(max(ids, default=0) + 1)]
         case = gt_path.name.split(".")[0]
-        rows += score_rows(case, pred.array, gt.array, gt.spacing, list(ids), names, tolerance, protocol, mode="automatic")
+        rows += score_rows(case, pred.array, gt.array, gt.spacing, list(ids), names, tolerance, protocol, band_width=band_width, mode="automatic")
     class_ids = sorted(found_classes)
     names = list(class_names) if class_names else [str(i) for i in range(max(class_ids, default=0) + 1)]
-    settings = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "nsd_tolerance_mm": tolerance, "protocol": protocol, "boundary_band_pixels": BOUNDARY_BAND_PIXELS}
+    settings = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "nsd_tolerance_mm": tolerance, "protocol": protocol, "boundary_band_pixels": band_width}
     return write_reports(Path(output_dir), rows, [], class_ids, names, names, 0, settings)
