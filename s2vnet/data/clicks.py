@@ -35,7 +35,7 @@ from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Click", "deepest_point", "initial_clicks", "corrective_clicks", "missed_region_clicks"]
+__all__ = ["Click", "deepest_point", "inplane_depth", "initial_clicks", "corrective_clicks", "missed_region_clicks"]
 
 # Face connectivity (6-neighbourhood in 3D, 4 in 2D), scipy's default: regions that touch only at
 # an edge or corner are different regions. With thick axial slices, diagonal neighbours across
@@ -225,6 +225,16 @@ def _central_maximum(depth: np.ndarray, max_depth: float) -> int:
     return int(ties[np.argmin(distance)])
 
 
+def inplane_depth(section: np.ndarray, inplane_spacing: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Depth of every pixel of a boolean (H, W) ``section``: its Euclidean distance, with the
+    in-plane spacing, to the nearest pixel outside the region (0 outside). Pixels beyond the
+    array's border count as outside, so the depths of a crop equal those on the full plane as long
+    as the crop holds the whole region."""
+    # A one-pixel False margin makes the array's border count as outside the region.
+    padded = np.pad(section, 1, mode="constant", constant_values=False)
+    return ndimage.distance_transform_edt(padded, sampling=inplane_spacing)[1:-1, 1:-1]
+
+
 def _deepest_in_region(
     region: np.ndarray,
     inplane_spacing: tuple[float, float],
@@ -236,10 +246,7 @@ def _deepest_in_region(
     z = int(np.argmax(areas))  # argmax returns the first maximum: the deterministic tie-break
     section = region[z]
     ys, xs = ndimage.find_objects(section, max_label=1)[0]
-    # A one-pixel False margin around the bounding box makes the crop's border, and the array's
-    # border, count as outside the region, so depths equal those on the full (infinitely padded) plane.
-    crop = np.pad(section[ys, xs], 1, mode="constant", constant_values=False)
-    depth = ndimage.distance_transform_edt(crop, sampling=inplane_spacing)
+    depth = inplane_depth(section[ys, xs], inplane_spacing)  # the bounding box holds the whole region
     max_depth = float(depth.max())
     if rng is not None and jitter_fraction > 0:
         # max_depth > 0 and jitter_fraction < 1, so the threshold is > 0 and every candidate is
@@ -248,9 +255,8 @@ def _deepest_in_region(
         flat = int(candidates[rng.integers(candidates.size)])
     else:
         flat = _central_maximum(depth, max_depth)
-    cy, cx = np.unravel_index(flat, crop.shape)
-    # -1 undoes the margin.
-    return z, int(cy) - 1 + ys.start, int(cx) - 1 + xs.start
+    cy, cx = np.unravel_index(flat, depth.shape)
+    return z, int(cy) + ys.start, int(cx) + xs.start
 
 
 def _component_click(

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from s2vnet.data.clicks import Click
+from s2vnet.data.clicks import Click, inplane_depth
 
 # Each kind of click, with how summary.md names it.
 CLICK_KINDS = {
@@ -101,13 +101,6 @@ def error_region(click: Click, gt: np.ndarray, labels_before: np.ndarray) -> Opt
     return region
 
 
-def _inplane_depth(region: np.ndarray, click: Click) -> float:
-    """Distance in pixels from the click to the nearest pixel outside ``region`` on its slice
-    (outside the slice counts as outside), as the protocol measures depth but in pixels."""
-    padded = np.pad(region[click.z], 1)
-    return float(ndimage.distance_transform_edt(padded)[click.y + 1, click.x + 1])
-
-
 def click_records(
     case: str,
     round_index: int,
@@ -144,7 +137,8 @@ def click_records(
             "best_other_after": float(others.max()) if others.size else 0.0,
             "error_voxels": None if region is None else int(region.sum()),
             "error_voxels_fixed": None if region is None else int((labels_after[region] == gt[region]).sum()),
-            "error_depth_px": None if region is None else _inplane_depth(region, click),
+            # Depth as the protocol measures it (:func:`inplane_depth`), in pixels rather than mm.
+            "error_depth_px": None if region is None else float(inplane_depth(region[click.z])[click.y, click.x]),
         })
     return records
 

@@ -33,7 +33,6 @@ from s2vnet.utils.errors import InputError
 logger = logging.getLogger(__name__)
 
 
-
 def score_rows(
     case: str, pred: np.ndarray, gt: np.ndarray, spacing, class_ids, class_names, tolerance, protocol, ignore_label: Optional[int] = None,
     band_width: int = 1, **extra
