@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepare the slice cache of the data sets a config uses (DESIGN §4 "Preparation").
+"""Prepare the slice cache of the data sets a config uses.
 
     python datasets/prepare.py --config-file configs/word/s2vnet_swinb.yaml --workers 8
     python datasets/prepare.py --config-file configs/phantom/s2vnet_phantom.yaml --dataset phantom_train

@@ -1,7 +1,7 @@
 """Compatibility shims for running Detectron2 v0.6 on current PyTorch, NumPy and Pillow.
 
 Two things break when Detectron2 v0.6 is installed from the PyPI sdist without its C++ extension
-(see scripts/setup.sh and DESIGN §2); both are fixed here and nowhere else:
+(see scripts/setup.sh and docs/installation.md); both are fixed here and nowhere else:
 
 1. ``PIL.Image.LINEAR`` was removed in Pillow 10, but ``detectron2/data/transforms/transform.py``
    uses it as a default argument, so the module fails at import time. It was always an alias of

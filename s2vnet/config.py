@@ -32,7 +32,6 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.INPUT.MAX_SCALE = 1.75  # LSJ: largest random rescale factor (§4.1)
     cfg.INPUT.RANDOM_FLIP = "horizontal"  # "horizontal" or "none"; applied to all slices of a clip alike
     cfg.INPUT.IGNORE_LABEL = 255  # label of pixels without ground truth (crop padding); excluded from all losses
-    cfg.INPUT.TEST_SIZE = 0  # inference: resize slices so the longer side is this (0 = native slice size)
     cfg.INPUT.CLIP = CN()
     cfg.INPUT.CLIP.NUM_SLICES = 3  # slices per training clip (§3.3: "three slices")
     cfg.INPUT.CLIP.STRIDES = [1]  # slice strides a clip is sampled with (one drawn uniformly per clip)
@@ -107,17 +106,13 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.MODEL.S2VNET.INTERACTION.CLICK_POSITION = True  # the FFN also sees the click's sine position code
     cfg.MODEL.S2VNET.INTERACTION.CLICK_PROB = 0.5  # training: chance a present class starts from clicks (§3.3)
     cfg.MODEL.S2VNET.INTERACTION.TRAIN_MAX_ROUNDS = 3  # training: click rounds simulated on a clip's first slice
-    cfg.MODEL.S2VNET.INTERACTION.TRAIN_MISSED_CLICK_PROB = 0.0  # training: chance a clip's first clicks go where the automatic prediction misses the class (0.5 measured: README, Limitations)
     cfg.MODEL.S2VNET.INTERACTION.CLICK_JITTER = 0.3  # training: click drawn among pixels >= (1 - this) x max depth
     cfg.MODEL.S2VNET.INTERACTION.ADAPTIVE_SAMPLING = True  # eq. 8 (False: each round uses only its own click)
     cfg.MODEL.S2VNET.INTERACTION.BETA = 0.8  # eq. 8: weight of earlier rounds' features (§3.3)
     cfg.MODEL.S2VNET.INTERACTION.MAX_CLICKS_PER_CLASS = 20  # cluster centres reserved per class for clicks (§3.3)
     cfg.MODEL.S2VNET.INTERACTION.CLICK_LOSS_WEIGHT = 5.0  # training: weight of the BCE of each click centroid's mask at its own click
-    cfg.MODEL.S2VNET.INTERACTION.FUSED_LOSS_WEIGHT = 5.0  # training: weight of the cross-entropy of the eq. 9-fused labels where a clicked class is true or predicted; 0 turns it off (5 best on validation phantoms, higher weights lower the automatic pass: README, Limitations)
-    cfg.MODEL.S2VNET.TEST = CN()
-    cfg.MODEL.S2VNET.TEST.SLICE_BATCH_SIZE = 16  # slices encoded per backbone + pixel-decoder batch
-    cfg.MODEL.S2VNET.TEST.AMP_DTYPE = "bfloat16"  # autocast dtype on GPU ("bfloat16", "float16" or "float32")
-    cfg.MODEL.S2VNET.TEST.COMPILE = False  # torch.compile the backbone and pixel decoder for inference
+    # 0 turns it off; 5 was best on validation phantoms, higher weights lower the automatic pass (docs/experiments.md)
+    cfg.MODEL.S2VNET.INTERACTION.FUSED_LOSS_WEIGHT = 5.0  # training: weight of the CE of the eq. 9-fused labels where a clicked class is true or predicted
 
     # ---------------------------------------------------------------- optimisation
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" (paper) or "SGD"
@@ -128,11 +123,16 @@ def add_s2vnet_config(cfg: CN) -> None:
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01  # max global gradient norm (Mask2Former's value)
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True  # clip gradients (Mask2Former does, the paper is silent)
 
+    # ---------------------------------------------------------------- inference (s2vnet.inference.InferenceSettings)
+    cfg.TEST.SLICE_BATCH_SIZE = 16  # slices encoded per backbone + pixel-decoder batch
+    cfg.TEST.AMP_DTYPE = "bfloat16"  # autocast dtype on GPU ("bfloat16", "float16" or "float32"); CPU runs in float32
+    cfg.TEST.COMPILE = False  # torch.compile the backbone and pixel decoder for inference
+    cfg.TEST.INPUT_SIZE = 0  # resize slices so the longer side is this (0 = native slice size)
+
     # ---------------------------------------------------------------- evaluation
     cfg.TEST.EVAL_ROUNDS = 15  # interactive evaluation: click rounds per volume (§4.4, Fig. 5)
     cfg.TEST.NSD_TOLERANCE = 1.0  # NSD tolerance in mm (one value for all classes)
-    cfg.TEST.BOUNDARY_BAND_PIXELS = 1  # width of the in-plane outline band of the band-DSC diagnostic (errors a click cannot point at)
-    cfg.TEST.METRIC_PROTOCOL = "standard"  # "standard" (DESIGN §7) or "word" (the WORD benchmark's script)
+    cfg.TEST.METRIC_PROTOCOL = "standard"  # "standard" (docs/evaluation.md) or "word" (the WORD benchmark's script)
     cfg.SEED = 0  # fixed by default so that runs are reproducible (Detectron2's default is random)
 
 
@@ -141,6 +141,29 @@ def get_s2vnet_cfg() -> CN:
     cfg = get_cfg()
     add_s2vnet_config(cfg)
     return cfg
+
+
+# Keys that moved or were removed, with what to write instead (a config written for an older
+# version gets this hint rather than a bare "Non-existent config key").
+RENAMED_KEYS = {
+    "MODEL.S2VNET.TEST.SLICE_BATCH_SIZE": "TEST.SLICE_BATCH_SIZE",
+    "MODEL.S2VNET.TEST.AMP_DTYPE": "TEST.AMP_DTYPE",
+    "MODEL.S2VNET.TEST.COMPILE": "TEST.COMPILE",
+    "INPUT.TEST_SIZE": "TEST.INPUT_SIZE",
+    "MODEL.S2VNET.INTERACTION.TRAIN_MISSED_CLICK_PROB": None,  # tried and not adopted: docs/experiments.md
+    "TEST.BOUNDARY_BAND_PIXELS": None,  # a diagnostic now: tools/eval_volume.py --diagnostics --band-width N
+}
+
+
+def _key_error_message(error: Exception) -> str:
+    """The config library's message about an unknown key, with where an old key went."""
+    message = str(error.args[0] if error.args else error)
+    unknown = message.rsplit(" ", 1)[-1]  # "Non-existent config key: A.B" (a whole missing node names only its top)
+    hints = []
+    for old, new in RENAMED_KEYS.items():
+        if old == unknown or old.startswith(unknown + "."):
+            hints.append(f"{old} was renamed to {new}" if new else f"{old} was removed")
+    return f"{message} ({'; '.join(hints)})" if hints else message
 
 
 def load_config(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
@@ -157,15 +180,15 @@ def load_config(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> 
         try:
             cfg.merge_from_file(str(path))
         except KeyError as error:
-            raise InputError(f"config file {path}: {error.args[0] if error.args else error}") from None
+            raise InputError(f"config file {path}: {_key_error_message(error)}") from None
         except Exception as error:  # YAML syntax errors and friends come in many types
             raise InputError(f"config file {path} could not be read: {error}") from None
     if len(opts) % 2:
         raise InputError(f"command-line overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
     try:
         cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as error:
-        raise InputError(f"command-line override: {error.args[0] if error.args else error}") from None
+    except (KeyError, ValueError, AssertionError) as error:  # yacs asserts that a key exists
+        raise InputError(f"command-line override: {_key_error_message(error)}") from None
     validate_config(cfg)
     cfg.freeze()
     return cfg
@@ -190,7 +213,7 @@ def validate_config(cfg: CN) -> None:
         "INPUT.RANDOM_FLIP": (cfg.INPUT.RANDOM_FLIP, ("horizontal", "none")),
         "SOLVER.OPTIMIZER": (cfg.SOLVER.OPTIMIZER, ("ADAMW", "SGD")),
         "SOLVER.AMP.DTYPE": (cfg.SOLVER.AMP.DTYPE, ("float16", "bfloat16")),
-        "MODEL.S2VNET.TEST.AMP_DTYPE": (cfg.MODEL.S2VNET.TEST.AMP_DTYPE, ("bfloat16", "float16", "float32")),
+        "TEST.AMP_DTYPE": (cfg.TEST.AMP_DTYPE, ("bfloat16", "float16", "float32")),
         "TEST.METRIC_PROTOCOL": (cfg.TEST.METRIC_PROTOCOL, ("standard", "word")),
     }
     for key, (value, allowed) in choices.items():
@@ -208,16 +231,15 @@ def validate_config(cfg: CN) -> None:
         )
     if not 0.0 <= cfg.MODEL.S2VNET.INTERACTION.BETA <= 1.0:
         raise InputError(f"config MODEL.S2VNET.INTERACTION.BETA = {cfg.MODEL.S2VNET.INTERACTION.BETA}: must lie in [0, 1]")
-    for key in ("CLICK_PROB", "TRAIN_MISSED_CLICK_PROB"):
-        value = cfg.MODEL.S2VNET.INTERACTION[key]
-        if not 0.0 <= value <= 1.0:
-            raise InputError(f"config MODEL.S2VNET.INTERACTION.{key} = {value}: must lie in [0, 1]")
+    click_prob = cfg.MODEL.S2VNET.INTERACTION.CLICK_PROB
+    if not 0.0 <= click_prob <= 1.0:
+        raise InputError(f"config MODEL.S2VNET.INTERACTION.CLICK_PROB = {click_prob}: must lie in [0, 1]")
+    if cfg.TEST.SLICE_BATCH_SIZE < 1:
+        raise InputError(f"config TEST.SLICE_BATCH_SIZE = {cfg.TEST.SLICE_BATCH_SIZE}: must be at least 1")
     if cfg.INPUT.IMAGE_SIZE % cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY:
         raise InputError(
             f"config INPUT.IMAGE_SIZE = {cfg.INPUT.IMAGE_SIZE}: must be a multiple of "
             f"MODEL.MASK_FORMER.SIZE_DIVISIBILITY = {cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY}"
         )
-    if cfg.TEST.BOUNDARY_BAND_PIXELS < 1:
-        raise InputError(f"config TEST.BOUNDARY_BAND_PIXELS = {cfg.TEST.BOUNDARY_BAND_PIXELS}: must be an integer >= 1")
     if cfg.MODEL.S2VNET.AGGREGATION.ENABLED and not cfg.MODEL.S2VNET.PROPAGATION.ENABLED:
         raise InputError("config MODEL.S2VNET.AGGREGATION.ENABLED needs MODEL.S2VNET.PROPAGATION.ENABLED")

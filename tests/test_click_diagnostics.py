@@ -1,4 +1,7 @@
-"""Click records of the interactive evaluation, against hand-made labels and scores."""
+"""The evaluation's diagnostics (s2vnet.evaluation.diagnostics, ``--diagnostics``): click records,
+error regions and round changes against hand-made labels and scores, the boundary-band DSC, and
+the standard report with and without them."""
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -6,7 +9,11 @@ import pytest
 import torch
 
 from s2vnet.data.clicks import Click
-from s2vnet.evaluation.click_diagnostics import click_records, clicks_markdown, error_region, fused_scores_at, round_change, summarize_clicks
+from s2vnet.evaluation.diagnostics.boundary_band import band_dsc
+from s2vnet.evaluation.diagnostics.clicks import click_records, clicks_markdown, error_region, fused_scores_at, round_change, summarize_clicks
+from s2vnet.evaluation.metrics import dice_score
+from s2vnet.evaluation.settings import EvaluationSettings
+from s2vnet.utils.errors import InputError
 
 NAMES = ["background", "liver", "spleen"]
 
@@ -203,14 +210,16 @@ class RowPaintingSession:
         return self.scores[:, z].clone()
 
 
-def _evaluate_with_row_painting(monkeypatch, gt, rounds, ignore_label=None):
+def _row_painting_settings(rounds, ignore_label=None, diagnostics=True):
+    return EvaluationSettings(class_names=tuple(NAMES), class_ids=(1, 2), rounds=rounds, ignore_label=ignore_label, diagnostics=diagnostics)
+
+
+def _evaluate_with_row_painting(monkeypatch, gt, rounds, ignore_label=None, diagnostics=True):
     import s2vnet.inference.session as session_module
     from s2vnet.evaluation.volume_evaluator import evaluate_volume
 
     monkeypatch.setattr(session_module, "InteractiveSession", RowPaintingSession)
-    return evaluate_volume(
-        None, "c", gt, gt, (1.0, 1.0, 1.0), [1, 2], NAMES, rounds=rounds, tolerance=1.0, protocol="standard", ignore_label=ignore_label
-    )
+    return evaluate_volume(None, "c", gt, gt, (1.0, 1.0, 1.0), _row_painting_settings(rounds, ignore_label, diagnostics))
 
 
 def test_evaluate_volume_records_what_each_round_and_click_did(monkeypatch):
@@ -218,7 +227,7 @@ def test_evaluate_volume_records_what_each_round_and_click_did(monkeypatch):
     gt[0, 1, :] = 1  # liver: all of row 1, which its first click paints exactly
     gt[0, 2:, 1:3] = 2  # spleen: a 2 x 2 block; a click paints the whole of one of its rows
     result = _evaluate_with_row_painting(monkeypatch, gt, rounds=4)
-    records, changes = result["clicks"], result["round_changes"]
+    records, changes = result.clicks, result.round_changes
     for r in records:  # the labels before and after are the argmax of the fused scores recorded
         assert (r["label_after"] == r["label"]) == (r["score_after"] > r["best_other_after"])
         assert r["score_before"] < r["score_after"]
@@ -234,10 +243,10 @@ def test_rounds_without_clicks_repeat_the_scores_and_record_nothing(monkeypatch)
     gt[0, 1, :] = 1
     gt[0, 2, :] = 2  # both organs are whole rows: the first clicks segment them exactly
     result = _evaluate_with_row_painting(monkeypatch, gt, rounds=3)
-    assert [c["round"] for c in result["round_changes"]] == [1]
-    assert {r["round"] for r in result["clicks"]} == {1}
-    assert {row["round"] for row in result["interactive"]} == {0, 1, 2, 3}
-    assert all(row["dsc"] == 1.0 for row in result["interactive"] if row["round"] >= 1)
+    assert [c["round"] for c in result.round_changes] == [1]
+    assert {r["round"] for r in result.clicks} == {1}
+    assert {row["round"] for row in result.interactive} == {0, 1, 2, 3}
+    assert all(row["dsc"] == 1.0 for row in result.interactive if row["round"] >= 1)
 
 
 def test_unannotated_voxels_are_never_clicked_and_not_scored(monkeypatch):
@@ -246,5 +255,114 @@ def test_unannotated_voxels_are_never_clicked_and_not_scored(monkeypatch):
     gt[0, 2, :2] = 2
     gt[0, 2, 2:] = 255  # not annotated: the spleen's first click paints them, which is no error
     result = _evaluate_with_row_painting(monkeypatch, gt, rounds=3, ignore_label=255)
-    assert {r["label"] for r in result["clicks"]} == {1, 2} and {r["round"] for r in result["clicks"]} == {1}
-    assert all(row["dsc"] == 1.0 for row in result["interactive"] if row["round"] >= 1)
+    assert {r["label"] for r in result.clicks} == {1, 2} and {r["round"] for r in result.clicks} == {1}
+    assert all(row["dsc"] == 1.0 for row in result.interactive if row["round"] >= 1)
+
+
+def test_without_diagnostics_nothing_is_recorded_and_the_scores_are_the_same(monkeypatch):
+    gt = np.zeros((1, 4, 4), np.uint8)
+    gt[0, 1, :] = 1
+    gt[0, 2:, 1:3] = 2
+    with_diagnostics = _evaluate_with_row_painting(monkeypatch, gt, rounds=4)
+    standard = _evaluate_with_row_painting(monkeypatch, gt, rounds=4, diagnostics=False)
+    assert standard.clicks is None and standard.round_changes is None
+    assert set(standard.to_json()) == {"automatic", "interactive"}
+    for mode in ("automatic", "interactive"):
+        full, plain = getattr(with_diagnostics, mode), getattr(standard, mode)
+        assert all("band_dsc" in row for row in full) and not any("band_dsc" in row for row in plain)
+        assert [{k: v for k, v in row.items() if k != "band_dsc"} for row in full] == plain
+
+
+def test_the_standard_report_is_the_same_with_or_without_diagnostics(monkeypatch, tmp_path):
+    from s2vnet.evaluation.diagnostics.report import report_additions
+    from s2vnet.evaluation.reports import write_reports
+
+    gt = np.zeros((1, 4, 4), np.uint8)
+    gt[0, 1, :] = 1
+    gt[0, 2:, 1:3] = 2
+    record = {"dataset": "rows"}
+    reports = {}
+    for diagnostics in (True, False):
+        rows = _evaluate_with_row_painting(monkeypatch, gt, rounds=3, diagnostics=diagnostics)
+        settings = _row_painting_settings(3, diagnostics=diagnostics)
+        additions = report_additions(rows, settings) if diagnostics else None
+        out = tmp_path / str(diagnostics)
+        reports[diagnostics] = write_reports(out, rows, settings, record, additions)
+        assert (out / "clicks.csv").is_file() == diagnostics
+        header = (out / "results.csv").read_text().splitlines()[0]
+        assert header.endswith("nsd,band_dsc" if diagnostics else "nsd")
+        summary = (out / "summary.md").read_text()
+        assert ("What the clicks did" in summary) == diagnostics and ("Boundary band" in summary) == diagnostics
+        assert "HD95 was infinite" in summary.splitlines()[-1]
+    full, standard = reports[True], reports[False]
+    assert set(full) - set(standard) == {"clicks"}
+    for key in ("dsc_per_round", "noc", "settings"):
+        assert full[key] == standard[key]
+    for setup in ("automatic", "interactive"):
+        assert "band_dsc" in full[setup]["overall"] and "band_dsc" not in standard[setup]["overall"]
+        trimmed = {k: v for k, v in full[setup]["overall"].items() if k != "band_dsc"}
+        assert json.dumps(trimmed) == json.dumps(standard[setup]["overall"])
+
+
+# --------------------------------------------------------------------------------------------
+# band_dsc (s2vnet.evaluation.diagnostics.boundary_band)
+# --------------------------------------------------------------------------------------------
+
+
+def test_band_dsc_keeps_boundary_errors_and_corrects_the_rest() -> None:
+    gt = np.zeros((30, 30), np.int64)
+    gt[5:15, 5:15] = 1  # a 10 x 10 square
+    pred = np.zeros_like(gt)
+    pred[6:15, 5:15] = 1  # its top row missed: all inside the 1-voxel band
+    pred[22:26, 22:26] = 1  # and a 4 x 4 invented region far away
+    band = band_dsc(pred, gt, [1])
+    # Only the missed row is left: prediction 90 voxels, all right, against 100.
+    assert band[1] == pytest.approx(2 * 90 / 190)
+    assert dice_score(pred == 1, gt == 1) < band[1]
+    # A block missed 3 rows deep: what is left missed is its part in the band, row 5 and the
+    # end columns 5 and 14 of rows 6-7 (14 voxels); the other 16 are corrected.
+    deep = gt.copy()
+    deep[5:8, 5:15] = 0
+    assert band_dsc(deep, gt, [1])[1] == pytest.approx(2 * 86 / 186)
+    # A band of 2 voxels: rows 5-6 and columns 5, 6, 13, 14 of row 7 (24 voxels).
+    assert band_dsc(deep, gt, [1], width=2)[1] == pytest.approx(2 * 76 / 176)
+    # The band is in-plane: a volume of one slice scores as the slice does (a 3D band would make
+    # a one-slice organ all band).
+    assert band_dsc(deep[None], gt[None], [1])[1] == pytest.approx(2 * 86 / 186)
+
+
+def test_band_dsc_counts_an_organs_missed_or_invented_end_slices_as_correctable() -> None:
+    # Slices 1-3 hold a 6 x 6 organ (36 voxels each, 108 in all).
+    gt = np.zeros((6, 12, 12), np.int64)
+    gt[1:4, 3:9, 3:9] = 1
+    pred = gt.copy()
+    pred[1] = 0  # its first cross-section missed: a click there can bring it back, not band
+    pred[4, 3:9, 3:9] = 1  # an invented cross-section after its last: not band either
+    pred[2, 3, 3:9] = 0  # one rim row missed on a slice both have: band
+    assert band_dsc(pred, gt, [1])[1] == pytest.approx(2 * 102 / (102 + 108))
+    # A 3D band would have kept every error (both end slices touch the organ's surface).
+    assert dice_score(pred == 1, gt == 1) == pytest.approx(2 * 66 / (102 + 108))
+
+
+def test_band_dsc_perfect_absent_and_bad_width() -> None:
+    gt = np.zeros((4, 10, 10), np.int64)
+    gt[1:3, 2:8, 2:8] = 2
+    assert band_dsc(gt, gt, [2])[2] == 1.0
+    pred = gt.copy()
+    pred[0, 0, 0] = 3  # class 3 only predicted: nothing to compare with
+    assert np.isnan(band_dsc(pred, gt, [3])[3])
+    assert band_dsc(pred, gt, [3], protocol="word")[3] == 0.0  # as the WORD script scores it
+    with pytest.raises(InputError, match="width=0"):
+        band_dsc(gt, gt, [2], width=0)
+    with pytest.raises(InputError, match="pred_labels"):
+        band_dsc(gt[None, None], gt[None, None], [2])  # 4D
+
+
+def test_evaluation_settings_reject_bad_values():
+    assert EvaluationSettings().diagnostics is False  # the diagnostics run only when asked for
+    with pytest.raises(InputError, match="band_width=0"):
+        EvaluationSettings(diagnostics=True, band_width=0)
+    with pytest.raises(InputError, match="rounds=-1"):
+        EvaluationSettings(rounds=-1)
+    with pytest.raises(InputError, match="protocol"):
+        EvaluationSettings(protocol="nnunet")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from s2vnet.data.clicks import Click, corrective_clicks, deepest_point, initial_clicks, missed_region_clicks
+from s2vnet.data.clicks import Click, corrective_clicks, deepest_point, initial_clicks
 from s2vnet.utils.errors import InputError
 
 
@@ -277,6 +277,7 @@ def test_shape_mismatch_names_both_shapes() -> None:
         (dict(class_ids=[-1]), "class id -1"),
         (dict(class_ids=[1.5]), "class id 1.5"),
         (dict(class_ids=[True]), "class id True"),
+        (dict(class_ids=[1, 1]), "more than once"),
         (dict(class_ids=[1], spacing=(1.0, 1.0)), "spacing"),
         (dict(class_ids=[1], spacing=(1.0, 0.0, 1.0)), "positive"),
         (dict(class_ids=[1], jitter_fraction=1.0), "jitter_fraction"),
@@ -307,38 +308,6 @@ def test_bad_arrays_raise() -> None:
         deepest_point(np.ones((4, 4), np.uint8))
     with pytest.raises(InputError, match="spacing"):
         deepest_point(np.ones((4, 4), bool), spacing=(1.0, 1.0, 1.0))
-
-
-# ---------------------------------------------------------------------------------------------
-# missed_region_clicks (training's first clicks where the automatic prediction fails)
-# ---------------------------------------------------------------------------------------------
-
-
-def test_missed_region_clicks_go_to_the_largest_miss_or_else_inside_the_class() -> None:
-    gt = np.zeros((40, 40), np.int64)
-    gt[2:20, 2:20] = 1  # organ 1: 18 x 18
-    gt[25:35, 25:35] = 2  # organ 2: found completely
-    pred = gt.copy()
-    pred[2:20, 12:20] = 3  # organ 1's right part (18 x 8) taken by organ 3
-    pred[2:4, 2:4] = 0  # and a smaller miss to background
-    clicks = {c.label: c for c in missed_region_clicks(gt, pred, [1, 2, 4])}
-    assert set(clicks) == {1, 2}  # organ 4 is absent: no click
-    assert 12 <= clicks[1].x < 20 and pred[clicks[1].y, clicks[1].x] == 3  # in the larger miss
-    assert gt[clicks[1].y, clicks[1].x] == 1
-    assert clicks[2] == initial_clicks(gt, [2])[0]  # nothing missed: clicked deep inside
-
-
-def test_missed_region_clicks_on_background_and_bad_input() -> None:
-    gt = np.zeros((20, 20), np.int64)
-    gt[5:15, 5:15] = 1
-    pred = gt.copy()
-    pred[0:3, 0:20] = 1  # an invented strip: background missed there
-    (click,) = missed_region_clicks(gt, pred, [0])
-    assert click.label == 0 and click.y < 3  # in the missed background, not in the correct rest
-    with pytest.raises(InputError, match="ignore_label=255"):
-        missed_region_clicks(gt, pred, [1, 255], ignore_label=255)
-    with pytest.raises(InputError, match=r"\(20, 20\).*\(20, 21\)"):
-        missed_region_clicks(gt, np.zeros((20, 21), np.int64), [1])
 
 
 def test_click_validates_and_is_frozen() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import synthetic_clip
-from s2vnet.config import get_s2vnet_cfg, load_config, schedule_overrides
+from s2vnet.config import load_config, schedule_overrides
 from s2vnet.data.datasets import AMOS_CLASSES, BTCV_CLASSES, WORD_CLASSES
 from s2vnet.utils.errors import InputError
 
@@ -59,9 +59,17 @@ def test_unknown_keys_and_bad_values_are_clear_errors(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
     with pytest.raises(InputError, match="BETA"):
         load_config(str(CONFIGS / "phantom/s2vnet_phantom.yaml"), ["MODEL.S2VNET.INTERACTION.BETA", "1.5"])
-    for key in ("CLICK_PROB", "TRAIN_MISSED_CLICK_PROB"):
-        with pytest.raises(InputError, match=f"INTERACTION.{key} = 1.5: must lie in"):
-            load_config(None, [f"MODEL.S2VNET.INTERACTION.{key}", "1.5"])
+    with pytest.raises(InputError, match="INTERACTION.CLICK_PROB = 1.5: must lie in"):
+        load_config(None, ["MODEL.S2VNET.INTERACTION.CLICK_PROB", "1.5"])
+    # Keys of older versions name their new home (or say they were removed).
+    with pytest.raises(InputError, match=r"INPUT.TEST_SIZE was renamed to TEST.INPUT_SIZE"):
+        load_config(None, ["INPUT.TEST_SIZE", "128"])
+    moved = tmp_path / "old.yaml"
+    moved.write_text("MODEL:\n  S2VNET:\n    TEST:\n      SLICE_BATCH_SIZE: 8\n")
+    with pytest.raises(InputError, match=r"old.yaml.*renamed to TEST.SLICE_BATCH_SIZE"):
+        load_config(str(moved))
+    with pytest.raises(InputError, match="TRAIN_MISSED_CLICK_PROB was removed"):
+        load_config(None, ["MODEL.S2VNET.INTERACTION.TRAIN_MISSED_CLICK_PROB", "0.5"])
     with pytest.raises(InputError, match="NO_SUCH_KEY"):
         load_config(None, ["MODEL.NO_SUCH_KEY", "1"])
     with pytest.raises(InputError, match="AGGREGATION"):

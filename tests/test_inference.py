@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -49,7 +50,7 @@ def test_batch_size_does_not_change_the_result(random_model, phantom_volume):
 
 def test_resized_inference_returns_the_native_grid(random_model, phantom_volume):
     volume, _ = phantom_volume
-    prediction = VolumePredictor(random_model, test_size=96).predict_automatic(volume[:, :, :50])
+    prediction = VolumePredictor(random_model, input_size=96).predict_automatic(volume[:, :, :50])
     assert prediction.labels.shape == (12, 64, 50)
 
 
@@ -92,7 +93,7 @@ def test_clicks_are_validated(random_model, phantom_volume):
     with pytest.raises(InputError, match="label"):
         session.click(0, 0, 0, 8)
     # A class gets one cluster centre per round it is clicked in, up to MAX_CLICKS_PER_CLASS.
-    random_model.max_clicks_per_class = 2
+    random_model.interaction = replace(random_model.interaction, max_clicks_per_class=2)
     try:
         session.click(0, 1, 1, 2)
         session.click(0, 2, 2, 2)  # same round: same centre
@@ -103,12 +104,12 @@ def test_clicks_are_validated(random_model, phantom_volume):
             session.click(0, 3, 3, 2)
         session.click(0, 3, 3, 3)  # other classes are not limited by it
     finally:
-        random_model.max_clicks_per_class = 20
+        random_model.interaction = replace(random_model.interaction, max_clicks_per_class=20)
 
 
 def test_undo_and_reset_restore_earlier_results(random_model, phantom_volume):
     volume, _ = phantom_volume
-    random_model.handover_threshold = 0.0  # random weights: let click centroids propagate
+    random_model.propagation = replace(random_model.propagation, score_threshold=0.0)  # random weights: let click centroids propagate
     try:
         session = InteractiveSession(random_model, volume)
         automatic = session.run().labels
@@ -124,7 +125,7 @@ def test_undo_and_reset_restore_earlier_results(random_model, phantom_volume):
         session.reset(5)
         assert np.array_equal(session.result().labels, automatic)
     finally:
-        random_model.handover_threshold = 0.5
+        random_model.propagation = replace(random_model.propagation, score_threshold=0.5)
 
 
 def test_session_caches_agree_with_a_fresh_computation(phantom_volume):
@@ -135,15 +136,15 @@ def test_session_caches_agree_with_a_fresh_computation(phantom_volume):
 
     volume, _ = phantom_volume
     model = tiny_model(tiny_config(num_classes=8), seed=1).eval()
-    model.handover_threshold = 0.0
+    model.propagation = replace(model.propagation, score_threshold=0.0)
     # The mask position code is zero-initialised: give it weights, so that a cache which dropped it
     # or added it twice would change the scores.
     torch.nn.init.normal_(model.decoder.mask_position_proj.weight, std=0.5)
     session = InteractiveSession(model, volume)
     # What the cache leaves out: the raw multi-scale features (prepared, then never read) and all
     # but one copy of the memory's position code (the same on every slice).
-    assert session.features["multi_scale_features"] == []
-    assert all(pos.stride(0) == 0 for pos in session.features["prepared_memory"]["memory_pos"])
+    assert session.features.multi_scale_features == []
+    assert all(pos.stride(0) == 0 for pos in session.features.prepared.memory_pos)
     streamed = {}  # the same sweep on streamed features, decoded without a prepared memory
     session.predictor.automatic_scores(volume, on_slice=lambda z, scores: streamed.__setitem__(z, scores.to(torch.float16)))
     for z in range(volume.shape[0]):
@@ -164,7 +165,7 @@ def test_both_sweeps_in_one_batch_decode_like_one_slice_at_a_time(phantom_volume
     if decoded alone (different numbers of tracks per direction exercise the padding)."""
     volume, _ = phantom_volume
     model = tiny_model(tiny_config(num_classes=8), seed=1).eval()
-    model.handover_threshold = 0.0
+    model.propagation = replace(model.propagation, score_threshold=0.0)
 
     def round_scores():
         session = InteractiveSession(model, volume)
@@ -188,7 +189,7 @@ def test_streamed_features_do_not_keep_a_chunk_alive(random_model, phantom_volum
     (or peak memory would be two chunks, growing with the slice batch rather than bounded by it)."""
     volume, _ = phantom_volume
     predictor = VolumePredictor(random_model, slice_batch_size=4)
-    storages = {z: features["mask_features"].untyped_storage().data_ptr()
+    storages = {z: features.mask_features.untyped_storage().data_ptr()
                 for z, features in predictor.stream_features(volume, list(range(volume.shape[0])))}
     for start in range(0, volume.shape[0], 4):
         assert storages[start] == storages[start + 1] == storages[start + 2]  # views of their chunk
@@ -294,3 +295,33 @@ def test_interrupted_folder_run_resumes(random_weights, real_ct_path, tmp_path, 
     assert predict_tool.main(argv) == 0
     assert sorted(p.name for p in outputs.iterdir()) == ["ct_0.nii.gz", "ct_1.nii.gz", "ct_2.nii.gz"]
     assert (outputs / "ct_0.nii.gz").stat().st_mtime_ns == first  # skipped, not redone
+
+
+def test_automatic_sweeps_and_click_rounds_share_one_hand_over_rule(random_model, phantom_volume, monkeypatch):
+    """Both inference paths hand centroids over through propagation.inference_hand_over: a rule
+    replaced there (here: nothing is ever handed over) changes automatic and interactive alike,
+    and equals turning propagation off."""
+    from s2vnet.inference import volume_predictor
+    from s2vnet.modeling.structures import CentroidOrigin
+
+    volume, _ = phantom_volume
+    seen = []
+
+    def nothing_continues(outputs, tracks, num_learnable, aggregator, score_threshold, spawn_new=True):
+        seen.append([origin for origin in tracks.origins])
+        return random_model.empty_tracks()
+
+    predictor = VolumePredictor(random_model)
+    monkeypatch.setattr(volume_predictor, "inference_hand_over", nothing_continues)
+    without_hand_over = predictor.predict_automatic(volume).labels
+    assert len(seen) == volume.shape[0]
+    session = InteractiveSession(predictor, volume)
+    session.click(6, 30, 30, 3)
+    session.run()
+    assert [CentroidOrigin.CLICK] in seen  # the click round handed its click centroid through it too
+    monkeypatch.undo()
+    random_model.propagation = replace(random_model.propagation, enabled=False)
+    try:
+        assert np.array_equal(VolumePredictor(random_model).predict_automatic(volume).labels, without_hand_over)
+    finally:
+        random_model.propagation = replace(random_model.propagation, enabled=True)

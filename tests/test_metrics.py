@@ -11,7 +11,6 @@ from scipy import ndimage
 
 from s2vnet.evaluation import metrics
 from s2vnet.evaluation.metrics import (
-    boundary_band_dsc,
     ClassScores,
     dice_score,
     dice_word_protocol,
@@ -379,6 +378,7 @@ def test_score_case_label_dtypes(label_maps):
         ({"nsd_tolerance_mm": {1: float("nan")}}, "nsd_tolerance_mm"),
         ({"class_ids": [1, 1]}, "more than once"),
         ({"class_ids": [1.5]}, "not an integer"),
+        ({"class_ids": [-1]}, "negative"),
     ],
 )
 def test_score_case_rejects_bad_input(label_maps, kwargs, fragment):
@@ -412,57 +412,3 @@ def test_single_mask_functions_reject_bad_input():
     with pytest.raises(InputError, match="NaN"):
         dice_score(np.full(pred.shape, np.nan), gt)
     assert issubclass(InputError, ValueError)
-
-
-# --------------------------------------------------------------------------------------------
-# boundary_band_dsc (diagnostic)
-# --------------------------------------------------------------------------------------------
-
-
-def test_boundary_band_dsc_keeps_boundary_errors_and_corrects_the_rest() -> None:
-    gt = np.zeros((30, 30), np.int64)
-    gt[5:15, 5:15] = 1  # a 10 x 10 square
-    pred = np.zeros_like(gt)
-    pred[6:15, 5:15] = 1  # its top row missed: all inside the 1-voxel band
-    pred[22:26, 22:26] = 1  # and a 4 x 4 invented region far away
-    band = boundary_band_dsc(pred, gt, [1])
-    # Only the missed row is left: prediction 90 voxels, all right, against 100.
-    assert band[1] == pytest.approx(2 * 90 / 190)
-    assert dice_score(pred == 1, gt == 1) < band[1]
-    # A block missed 3 rows deep: what is left missed is its part in the band, row 5 and the
-    # end columns 5 and 14 of rows 6-7 (14 voxels); the other 16 are corrected.
-    deep = gt.copy()
-    deep[5:8, 5:15] = 0
-    assert boundary_band_dsc(deep, gt, [1])[1] == pytest.approx(2 * 86 / 186)
-    # A band of 2 voxels: rows 5-6 and columns 5, 6, 13, 14 of row 7 (24 voxels).
-    assert boundary_band_dsc(deep, gt, [1], width=2)[1] == pytest.approx(2 * 76 / 176)
-    # The band is in-plane: a volume of one slice scores as the slice does (a 3D band would make
-    # a one-slice organ all band).
-    assert boundary_band_dsc(deep[None], gt[None], [1])[1] == pytest.approx(2 * 86 / 186)
-
-
-def test_boundary_band_dsc_counts_an_organs_missed_or_invented_end_slices_as_correctable() -> None:
-    # Slices 1-3 hold a 6 x 6 organ (36 voxels each, 108 in all).
-    gt = np.zeros((6, 12, 12), np.int64)
-    gt[1:4, 3:9, 3:9] = 1
-    pred = gt.copy()
-    pred[1] = 0  # its first cross-section missed: a click there can bring it back, not band
-    pred[4, 3:9, 3:9] = 1  # an invented cross-section after its last: not band either
-    pred[2, 3, 3:9] = 0  # one rim row missed on a slice both have: band
-    assert boundary_band_dsc(pred, gt, [1])[1] == pytest.approx(2 * 102 / (102 + 108))
-    # A 3D band would have kept every error (both end slices touch the organ's surface).
-    assert dice_score(pred == 1, gt == 1) == pytest.approx(2 * 66 / (102 + 108))
-
-
-def test_boundary_band_dsc_perfect_absent_and_bad_width() -> None:
-    gt = np.zeros((4, 10, 10), np.int64)
-    gt[1:3, 2:8, 2:8] = 2
-    assert boundary_band_dsc(gt, gt, [2])[2] == 1.0
-    pred = gt.copy()
-    pred[0, 0, 0] = 3  # class 3 only predicted: nothing to compare with
-    assert np.isnan(boundary_band_dsc(pred, gt, [3])[3])
-    assert boundary_band_dsc(pred, gt, [3], protocol="word")[3] == 0.0  # as the WORD script scores it
-    with pytest.raises(InputError, match="width=0"):
-        boundary_band_dsc(gt, gt, [2], width=0)
-    with pytest.raises(InputError, match="pred_labels"):
-        boundary_band_dsc(gt[None, None], gt[None, None], [2])  # 4D

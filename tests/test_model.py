@@ -6,7 +6,9 @@ import torch
 from conftest import synthetic_clip, tiny_config, tiny_model
 from s2vnet.inference.volume_predictor import VolumePredictor
 from s2vnet.modeling.criterion import SliceTargets
-from s2vnet.modeling.propagation import Tracks
+from s2vnet.modeling.click_simulation import ClickSimulationSettings, TrainingClickSimulator
+from s2vnet.modeling.propagation import training_hand_over
+from s2vnet.modeling.structures import CentroidOrigin, Tracks
 
 
 def _targets(labels):
@@ -24,9 +26,14 @@ def test_training_hand_over_passes_only_foreground_centroids():
     targets = [_targets([0, 2, 3])]
     matches = [(torch.tensor([1, 4, n]), torch.tensor([0, 1, 2]))]
     previous = Tracks(torch.randn(1, 32), torch.tensor([3]), torch.tensor([0]), model.aggregator.initial(1))
-    tracks = model.training_hand_over(outputs, matches, targets, previous)
+    tracks = training_hand_over(outputs, matches, [t.labels for t in targets], previous, n, model.aggregator)
     assert sorted(tracks.labels.tolist()) == [2, 3]
     assert 0 not in tracks.labels.tolist()
+    # The continuing track keeps its origin; the new identity was started by a learnable query.
+    assert dict(zip(tracks.labels.tolist(), tracks.origins)) == {3: CentroidOrigin.LEARNABLE, 2: CentroidOrigin.LEARNABLE}
+    clicked = Tracks(previous.queries, previous.labels, previous.batch_index, previous.memory, [CentroidOrigin.CLICK])
+    tracks = training_hand_over(outputs, matches, [t.labels for t in targets], clicked, n, model.aggregator)
+    assert dict(zip(tracks.labels.tolist(), tracks.origins)) == {3: CentroidOrigin.CLICK, 2: CentroidOrigin.LEARNABLE}
 
 
 def test_inference_hand_over_keeps_confident_foreground_only():
@@ -130,44 +137,38 @@ def test_the_fused_loss_follows_click_identities_through_the_hand_over(monkeypat
     assert seen == [0, 0, 0] and losses["loss_fused"].item() == 0.0 and losses["loss_fused"].requires_grad
 
 
-def test_first_clicks_at_misses_land_where_the_automatic_prediction_misses(monkeypatch):
-    model = tiny_model(tiny_config(**{"MODEL.S2VNET.INTERACTION.TRAIN_MISSED_CLICK_PROB": 1.0})).train()
+def test_the_simulated_user_clicks_with_its_own_seeded_stream():
+    """The training-time user: its first round is :func:`initial_clicks` drawn from its own RNG
+    (after choosing the classes and the number of rounds), a corrective round clicks against the
+    labels the model shows, and a fixed torch seed repeats the clicks exactly."""
+    from s2vnet.data.clicks import corrective_clicks, initial_clicks
+
     clip = synthetic_clip(seed=1)
     labels = clip["sem_seg"][:1].numpy()
     present = sorted(int(c) for c in np.unique(labels) if 0 < c < 255)
-    # An automatic prediction that is right except right of column 46, where it says background: it
-    # cuts organ 2 (columns 34-53 of this fixture) right of its deepest point (column 43).
-    cut = 46
-    automatic = labels.copy()
-    automatic[:, :, cut:] = 0
-    missed = [c for c in present if ((labels[0] == c) & (automatic[0] != c)).any()]
-    assert missed, "the fixture must have an organ in the missed half"
-    monkeypatch.setattr(model, "predict_slice_labels", lambda features, tracks: automatic)
-    clicks = model.first_clicks(model.encode(clip["image"][:1]), labels, [present])[0]
-    assert [c.label for c in clicks] == present
-    for click in clicks:
-        assert labels[0, click.y, click.x] == click.label
-        assert (click.x >= cut) == (click.label in missed)
-    monkeypatch.undo()
-    losses = model([clip, synthetic_clip(seed=2)])  # and a training step runs with the option on
-    assert all(torch.isfinite(v) for v in losses.values())
+    settings = ClickSimulationSettings(click_prob=1.0, max_rounds=3, jitter=0.3)
 
+    def simulate():
+        torch.manual_seed(7)
+        simulator = TrainingClickSimulator(settings, num_classes=4, ignore_label=255)
+        reference = np.random.default_rng()
+        reference.bit_generator.state = simulator.rng.bit_generator.state
+        shown = np.zeros_like(labels)  # the model shows background everywhere
+        return simulator, reference, list(simulator.rounds(labels, [present], lambda: shown))
 
-def test_first_clicks_without_the_option_keep_the_random_stream():
-    """At TRAIN_MISSED_CLICK_PROB = 0 (the default) training draws exactly what it drew before the
-    option existed, so earlier runs repeat."""
-    from s2vnet.data.clicks import initial_clicks
-
-    model = tiny_model().train()
-    clip = synthetic_clip(seed=1)
-    labels = clip["sem_seg"][:1].numpy()
-    present = sorted(int(c) for c in np.unique(labels) if 0 < c < 255)
-    reference = np.random.default_rng()
-    reference.bit_generator.state = model.rng.bit_generator.state
-    clicks = model.first_clicks(model.encode(clip["image"][:1]), labels, [present])
-    expected = initial_clicks(labels[0], present, rng=reference, jitter_fraction=model.click_jitter, ignore_label=model.ignore_label)
-    assert clicks == [expected]
-    assert model.rng.bit_generator.state == reference.bit_generator.state
+    simulator, reference, rounds = simulate()
+    assert [reference.random() < 1.0 for _ in present] == [True] * len(present)
+    num_rounds = int(reference.integers(1, settings.max_rounds + 1))
+    assert len(rounds) == num_rounds
+    options = dict(rng=reference, jitter_fraction=settings.jitter, ignore_label=255)
+    assert rounds[0] == [initial_clicks(labels[0], present, **options)]
+    for later in rounds[1:]:
+        assert later == [corrective_clicks(labels[0], np.zeros_like(labels[0]), [1, 2, 3], **options)]
+    assert simulator.rng.bit_generator.state == reference.bit_generator.state
+    assert simulate()[2] == rounds
+    # Nobody clicked: no round, and the click probability decides who is clicked.
+    never = TrainingClickSimulator(ClickSimulationSettings(click_prob=0.0), num_classes=4, ignore_label=255)
+    assert list(never.rounds(labels, [present], lambda: labels)) == []
 
 
 def test_every_parameter_gets_a_gradient_on_a_clip_without_foreground():
@@ -200,14 +201,14 @@ def test_training_reduces_the_loss_on_a_fixed_clip():
 
 def test_predictions_on_ignored_pixels_do_not_change_the_loss():
     """Crop padding (the ignore label) is excluded from the mask losses and the matching costs."""
-    from s2vnet.modeling.criterion import SetCriterion
+    from s2vnet.modeling.criterion import CriterionSettings, SetCriterion
     from s2vnet.modeling.matcher import HungarianMatcher
 
-    criterion = SetCriterion(
-        num_classes=3, num_learnable_queries=4, matcher=HungarianMatcher(num_points=512),
-        weight_dict={"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}, no_object_weight=0.1,
+    settings = CriterionSettings(
+        num_classes=3, num_learnable_queries=4, class_weight=2.0, mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1,
         num_points=512, oversample_ratio=3.0, importance_sample_ratio=0.0,
     )
+    criterion = SetCriterion(settings, HungarianMatcher(num_points=512))
     labels = torch.zeros(64, 64, dtype=torch.int64)
     labels[10:30, 10:30] = 1
     valid = torch.ones(64, 64)

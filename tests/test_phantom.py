@@ -262,6 +262,24 @@ def test_nifti_round_trip_geometry_and_orientation(dataset: Path) -> None:
     assert spine[1] < liver[1]  # y: anterior is positive
 
 
+def test_files_read_back_through_volume_io_as_the_generated_arrays(dataset: Path) -> None:
+    from s2vnet.data.volume_io import read_label_volume, read_volume
+
+    expected = generate_phantom(case_seed(7, "test", 0), SMALL)
+    image_path = dataset / "imagesTs" / "phantom_test_000_0000.nii.gz"
+    image = read_volume(image_path, dtype=None)
+    labels = read_label_volume(dataset / "labelsTs" / "phantom_test_000.nii.gz", image, num_classes=len(CLASS_NAMES))
+    # Already canonical on disk: reading gives the generated (z, y, x) arrays, dtypes kept.
+    assert image.array.dtype == np.int16 and labels.array.dtype == np.uint8
+    np.testing.assert_array_equal(image.array, expected.image)
+    np.testing.assert_array_equal(labels.array, expected.labels)
+    np.testing.assert_allclose(image.spacing, expected.spacing, rtol=1e-6)
+    np.testing.assert_allclose(image.geometry.affine, expected.affine(), rtol=1e-6)
+    header = nib.load(image_path).header
+    assert header.get_xyzt_units()[0] == "mm"
+    assert int(header["qform_code"]) == 1 and int(header["sform_code"]) == 1
+
+
 def test_second_run_skips_existing_cases(dataset: Path) -> None:
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _case_files(dataset)}
     json_before = (dataset / "dataset.json").stat().st_ino

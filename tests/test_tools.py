@@ -28,7 +28,7 @@ def test_folder_evaluation_on_the_real_ct(real_seg_path, tmp_path):
     nib.save(nib.Nifti1Image(labels, seg.affine), gt_dir / "case.nii.gz")
     shifted = np.roll(labels, 2, axis=0)  # two voxels (6 mm) to the side
     nib.save(nib.Nifti1Image(shifted, seg.affine), pred_dir / "case.nii.gz")
-    result = _tool("tools/eval_volume.py", "--pred-dir", pred_dir, "--gt-dir", gt_dir, "--output", tmp_path / "report", "--nsd-tolerance", "3")
+    result = _tool("tools/eval_volume.py", "--pred-dir", pred_dir, "--gt-dir", gt_dir, "--output", tmp_path / "report", "--nsd-tolerance", "3", "--diagnostics")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report/results.json").read_text())
     rows = {row["class_id"]: row for row in report["per_case"]}
@@ -41,15 +41,25 @@ def test_folder_evaluation_on_the_real_ct(real_seg_path, tmp_path):
     summary = (tmp_path / "report/summary.md").read_text()
     assert summary.count("| Automatic |") == 1 and "Boundary band" in summary
     assert "band_dsc" in (tmp_path / "report/results.csv").read_text().splitlines()[0]
+    # Without --diagnostics: the same scores, and no band anywhere.
+    result = _tool("tools/eval_volume.py", "--pred-dir", pred_dir, "--gt-dir", gt_dir, "--output", tmp_path / "standard", "--nsd-tolerance", "3")
+    assert result.returncode == 0, result.stderr
+    standard = json.loads((tmp_path / "standard/results.json").read_text())
+    assert [{k: v for k, v in row.items() if k != "band_dsc"} for row in report["per_case"]] == standard["per_case"]
+    assert "band_dsc" not in standard["automatic"]["overall"] and "boundary_band_pixels" not in standard["settings"]
+    assert "Boundary band" not in (tmp_path / "standard/summary.md").read_text()
+    assert "band_dsc" not in (tmp_path / "standard/results.csv").read_text().splitlines()[0]
+    result = _tool("tools/eval_volume.py", "--pred-dir", pred_dir, "--gt-dir", gt_dir, "--output", tmp_path / "r", "--band-width", "2")
+    assert result.returncode == 2 and "--diagnostics" in result.stderr  # the band width is a diagnostics option
     # A band 2 pixels wide holds both strips: every error is in it, so the band DSC is the DSC.
-    result = _tool("tools/eval_volume.py", "--pred-dir", pred_dir, "--gt-dir", gt_dir, "--output", tmp_path / "band2", "--band-width", "2")
+    result = _tool("tools/eval_volume.py", "--pred-dir", pred_dir, "--gt-dir", gt_dir, "--output", tmp_path / "band2", "--diagnostics", "--band-width", "2")
     assert result.returncode == 0, result.stderr
     band2 = json.loads((tmp_path / "band2/results.json").read_text())
     assert band2["settings"]["boundary_band_pixels"] == 2
     for row in band2["per_case"]:
         assert row["band_dsc"] == pytest.approx(row["dsc"])
     # Identical folders score perfectly.
-    result = _tool("tools/eval_volume.py", "--pred-dir", gt_dir, "--gt-dir", gt_dir, "--output", tmp_path / "perfect")
+    result = _tool("tools/eval_volume.py", "--pred-dir", gt_dir, "--gt-dir", gt_dir, "--output", tmp_path / "perfect", "--diagnostics")
     perfect = json.loads((tmp_path / "perfect/results.json").read_text())
     assert perfect["automatic"]["overall"]["dsc"] == pytest.approx(1.0)
     assert perfect["automatic"]["overall"]["hd95"] == pytest.approx(0.0)
@@ -109,11 +119,11 @@ def test_benchmark_smoke(tmp_path):
 def test_alternating_runs_flip_the_order_and_keep_each_functions_times(monkeypatch):
     import torch
 
-    from s2vnet.engine import benchmark
+    from s2vnet.benchmark import timing
 
     calls = []
     # Each "call" reports a fixed duration, so the medians can be checked without timing anything.
-    monkeypatch.setattr(benchmark, "_seconds", lambda function, device: function())
+    monkeypatch.setattr(timing, "call_seconds", lambda function, device: function())
 
     def first():
         calls.append("A")
@@ -123,7 +133,7 @@ def test_alternating_runs_flip_the_order_and_keep_each_functions_times(monkeypat
         calls.append("B")
         return 3.0
 
-    assert benchmark.alternating_runs(first, second, torch.device("cpu"), repeats=4) == (1.0, 3.0)
+    assert timing.alternating_runs(first, second, torch.device("cpu"), repeats=4) == (1.0, 3.0)
     assert "".join(calls) == "AB" + "ABBAABBA"  # a warm-up of each, then ABBA order
 
 

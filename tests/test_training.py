@@ -1,12 +1,10 @@
 """The trainer end to end on phantoms: resume, learning, evaluation reports, interactive locality."""
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import phantom_config
 
@@ -118,12 +116,14 @@ def test_phantom_model_learns(trained_phantom, tmp_path):
 
 @pytest.mark.slow
 def test_evaluation_reports_and_resume(trained_phantom, tmp_path):
+    from s2vnet.evaluation.settings import EvaluationSettings
     from s2vnet.evaluation.volume_evaluator import evaluate_dataset
     from s2vnet.inference.volume_predictor import VolumePredictor
 
     cfg, model = trained_phantom
     predictor = VolumePredictor.from_config(cfg, model)
-    results = evaluate_dataset(cfg, predictor, cfg.DATASETS.TEST[0], tmp_path, rounds=3, progress=False)
+    settings = EvaluationSettings.from_config(cfg, cfg.DATASETS.TEST[0], rounds=3, diagnostics=True)
+    evaluate_dataset(cfg, predictor, cfg.DATASETS.TEST[0], tmp_path, settings, progress=False)
     for name in ("results.json", "results.csv", "summary.md", "dsc_per_round.png", "clicks.csv"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -154,7 +154,7 @@ def test_evaluation_reports_and_resume(trained_phantom, tmp_path):
     assert per_round[-1] >= per_round[0] - 0.01
     # Re-running skips finished volumes.
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cases").iterdir()}
-    evaluate_dataset(cfg, predictor, cfg.DATASETS.TEST[0], tmp_path, rounds=3, progress=False)
+    evaluate_dataset(cfg, predictor, cfg.DATASETS.TEST[0], tmp_path, settings, progress=False)
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cases").iterdir()}
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed and memory of S2VNet, side by side, in one run (DESIGN §8; paper Table 5).
+"""Speed and memory of S2VNet, side by side, in one run (paper Table 5).
 
     python tools/benchmark.py --slices 32 --height 256 --width 256 --output benchmark.json
     python tools/benchmark.py --config-file configs/phantom/s2vnet_phantom.yaml --slices 64 --height 256 --width 256
@@ -24,7 +24,6 @@ are noisy. Without MODEL.WEIGHTS the weights are random and the hand-over thresh
 so that every class is propagated (the worst case for S2VNet's cost).
 """
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 import s2vnet  # noqa: F401
-from s2vnet.engine.benchmark import run_in_subprocess
+from s2vnet.benchmark import run_in_subprocess
 from s2vnet.utils.atomic import write_json_atomic
 from s2vnet.utils.logging import setup_cli_logging
 
@@ -49,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (same for every measurement)")
-    parser.add_argument("--slice-batch", type=int, default=16, help="slices per encoder batch (MODEL.S2VNET.TEST.SLICE_BATCH_SIZE)")
+    parser.add_argument("--slice-batch", type=int, default=16, help="slices per encoder batch (TEST.SLICE_BATCH_SIZE)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(

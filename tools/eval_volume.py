@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""DSC / HD95 / NSD reports, automatic and interactive (DESIGN §7).
+"""DSC / HD95 / NSD reports, automatic and interactive (docs/evaluation.md).
 
 Model mode: evaluate registered splits with a trained model, automatically and over simulated
 click rounds (first click at the deepest point of each organ's largest cross-section, then one
@@ -16,6 +16,10 @@ Folder mode: score any folder of segmentations against ground truth (files match
 Each output folder gets results.json (every case x class row, means, counts of undefined and
 infinite values), results.csv, summary.md (the paper's Table 1 layout) and, with rounds,
 dsc_per_round.png and NoC@85/90. Re-running the same command skips volumes already evaluated.
+
+--diagnostics adds the analyses of s2vnet/evaluation/diagnostics/ (both modes): the boundary-band
+DSC (band_dsc, --band-width pixels) and, with rounds, what each click did (clicks.csv, error
+regions, the voxels each round fixed and broke) and their paragraphs in summary.md.
 """
 import argparse
 import json
@@ -50,14 +54,18 @@ def parse_args(argv=None):
     folders.add_argument("--labels", help="dataset.json whose 'labels' name the classes (default: every label found)")
     parser.add_argument("--output", help="report folder (default: <OUTPUT_DIR>/eval/<split> in model mode)")
     parser.add_argument("--nsd-tolerance", type=float, default=None, help="NSD tolerance in mm (default: TEST.NSD_TOLERANCE, 1.0)")
-    parser.add_argument("--band-width", type=int, default=None, help="in-plane outline band of the band-DSC diagnostic, pixels (default: TEST.BOUNDARY_BAND_PIXELS, 1)")
     parser.add_argument("--protocol", choices=("standard", "word"), default=None, help="'word' = the WORD benchmark's own script")
+    parser.add_argument("--diagnostics", action="store_true", help="also compute the diagnostics: click records, error regions, round changes, band DSC")
+    parser.add_argument("--band-width", type=int, default=None, help="in-plane outline band of the band DSC, pixels (with --diagnostics; default 1)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs (model mode)")
     args = parser.parse_args(argv)
     if bool(args.pred_dir) != bool(args.gt_dir):
         parser.error("folder mode needs both --pred-dir and --gt-dir")
     if not args.pred_dir and not args.config_file:
         parser.error("give --config-file (model mode) or --pred-dir and --gt-dir (folder mode)")
+    if args.band_width is not None and not args.diagnostics:
+        parser.error("--band-width sets the boundary band of the diagnostics: give it with --diagnostics")
+    args.band_width = 1 if args.band_width is None else args.band_width
     return args
 
 
@@ -66,6 +74,7 @@ def model_mode(args):
 
     from s2vnet.config import load_config
     from s2vnet.data.datasets import register_datasets_from_config
+    from s2vnet.evaluation.settings import EvaluationSettings
     from s2vnet.evaluation.volume_evaluator import evaluate_dataset
     from s2vnet.inference import load_predictor
 
@@ -74,18 +83,16 @@ def model_mode(args):
         overrides += ["TEST.NSD_TOLERANCE", str(args.nsd_tolerance)]
     if args.protocol:
         overrides += ["TEST.METRIC_PROTOCOL", args.protocol]
-    if args.band_width is not None:
-        overrides += ["TEST.BOUNDARY_BAND_PIXELS", str(args.band_width)]
     cfg = load_config(args.config_file, overrides)
     seed_all_rng(cfg.SEED + comm.get_rank())
     register_datasets_from_config(cfg)
     predictor = load_predictor(cfg)
-    rounds = cfg.TEST.EVAL_ROUNDS if args.rounds is None else args.rounds
     names = args.datasets or list(cfg.DATASETS.TEST)
     summaries = {}
     for name in names:
         output = Path(args.output) / name if args.output and len(names) > 1 else Path(args.output or Path(cfg.OUTPUT_DIR) / "eval" / name)
-        results = evaluate_dataset(cfg, predictor, name, output, rounds)
+        settings = EvaluationSettings.from_config(cfg, name, rounds=args.rounds, diagnostics=args.diagnostics, band_width=args.band_width)
+        results = evaluate_dataset(cfg, predictor, name, output, settings)
         if comm.is_main_process() and results:
             summaries[name] = results
             logger.info("%s: report in %s", name, output / "summary.md")
@@ -94,6 +101,7 @@ def model_mode(args):
 
 
 def folder_mode(args):
+    from s2vnet.evaluation.settings import EvaluationSettings
     from s2vnet.evaluation.volume_evaluator import evaluate_folders
 
     class_names = None
@@ -107,12 +115,14 @@ def folder_mode(args):
         by_id = {int(v): k for k, v in labels.items()}
         class_names = [by_id.get(i, str(i)) for i in range(max(by_id) + 1)]
     output = Path(args.output or "eval_report")
-    results = evaluate_folders(
-        Path(args.pred_dir), Path(args.gt_dir), output, class_names,
-        tolerance=args.nsd_tolerance if args.nsd_tolerance is not None else 1.0,
+    settings = EvaluationSettings.for_folders(
+        class_names,
+        nsd_tolerance_mm=args.nsd_tolerance if args.nsd_tolerance is not None else 1.0,
         protocol=args.protocol or "standard",
-        band_width=args.band_width if args.band_width is not None else 1,
+        diagnostics=args.diagnostics,
+        band_width=args.band_width,
     )
+    results = evaluate_folders(Path(args.pred_dir), Path(args.gt_dir), output, settings)
     logger.info("Report in %s\n%s", output / "summary.md", (output / "summary.md").read_text())
     return results
 

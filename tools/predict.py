@@ -20,153 +20,60 @@ rounds, each round decoded in one pass::
                 [{"ijk": [118, 90, 52], "label": "liver"}]]}
 
 A flat ``{"clicks": [...]}`` is one round. For a folder input, key the click sets by file name:
-``{"cases": {"ct_001.nii.gz": {"rounds": [...]}}}``.
+``{"cases": {"ct_001.nii.gz": {"rounds": [...]}}}``. Class names are the model's own: the checkpoint
+describes the model (class names, modality), so the training data set need not be registered or
+present. The format lives in ``s2vnet/inference/click_file.py``, the per-case prediction in
+``s2vnet/inference/case_prediction.py``; this tool only parses arguments and reports.
 """
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 from tqdm import tqdm
 
 import s2vnet  # noqa: F401  (Detectron2 compatibility shims)
+from s2vnet.checkpoint import ModelDescription
+from s2vnet.inference.case_prediction import is_volume_folder, list_inputs, output_path_for, predict_case
+from s2vnet.inference.click_file import CaseClicks, read_click_file, read_folder_click_file
 from s2vnet.utils.errors import InputError
 from s2vnet.utils.logging import setup_cli_logging
 
 logger = logging.getLogger("s2vnet.predict")
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
-
-def list_inputs(path: Path) -> List[Path]:
-    """One volume (file or DICOM folder), or every volume in a folder."""
-    if not path.exists():
-        raise InputError(f"--input {path} does not exist")
-    if path.is_file():
-        return [path]
-    entries = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(VOLUME_SUFFIXES))
-    entries += sorted(p for p in path.iterdir() if p.is_dir())  # DICOM series, one per sub-folder
-    if entries:
-        return entries
-    return [path]  # the folder itself is a DICOM series (read_volume says so if it is not)
-
-
-def output_path_for(source: Path, output: Path, many: bool) -> Path:
-    if not many:
-        return output
-    name = source.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return output / f"{name}.nii.gz"
-
-
-def class_index(label, class_names: Sequence[str], where: str) -> int:
-    if isinstance(label, bool) or not isinstance(label, (int, str)):
-        raise InputError(f"{where}: label {label!r} must be a class name or id")
-    if isinstance(label, int):
-        if not 0 <= label < len(class_names):
-            raise InputError(f"{where}: label id {label} is not a class (valid: 0..{len(class_names) - 1})")
-        return label
-    if label not in class_names:
-        raise InputError(f"{where}: label {label!r} is not a class name; classes are {list(class_names)}")
-    return class_names.index(label)
-
-
-def parse_rounds(spec: Dict, class_names: Sequence[str], source: str) -> List[List[Dict]]:
-    """The click rounds of one case, validated: [[{"ijk": (i, j, k), "label": id}, ...], ...]."""
-    if "rounds" in spec:
-        rounds = spec["rounds"]
-    elif "clicks" in spec:
-        rounds = [spec["clicks"]]
-    else:
-        raise InputError(f"{source}: a click set needs 'rounds' (a list of lists of clicks) or 'clicks' (a list)")
-    if not isinstance(rounds, list) or not all(isinstance(r, list) for r in rounds):
-        raise InputError(f"{source}: 'rounds' must be a list of lists of clicks")
-    parsed = []
-    for r, round_clicks in enumerate(rounds):
-        parsed_round = []
-        for c, click in enumerate(round_clicks):
-            where = f"{source} round {r} click {c}"
-            if not isinstance(click, dict) or "ijk" not in click or "label" not in click:
-                raise InputError(f"{where}: a click is {{'ijk': [i, j, k], 'label': name or id}}, got {click!r}")
-            ijk = click["ijk"]
-            if not isinstance(ijk, list) or len(ijk) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in ijk):
-                raise InputError(f"{where}: 'ijk' must be three integer voxel indices, got {ijk!r}")
-            parsed_round.append({"ijk": tuple(ijk), "label": class_index(click["label"], class_names, where)})
-        parsed.append(parsed_round)
-    return parsed
-
-
-def load_clicks(path: Optional[str], inputs: Sequence[Path], many: bool, class_names: Sequence[str]) -> Dict[Path, List[List[Dict]]]:
+def load_clicks(path: Optional[str], inputs: Sequence[Path], many: bool, class_names: Sequence[str]) -> Dict[Path, CaseClicks]:
+    """The click rounds of each input that has clicks in the ``--clicks`` file (none without one)."""
     if not path:
         return {}
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"--clicks {file} does not exist")
-    try:
-        spec = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"--clicks {file} is not valid JSON: {error}") from None
-    if not isinstance(spec, dict):
-        raise InputError(f"--clicks {file}: the top level must be an object")
+    name = f"--clicks {Path(path)}"
     if not many:
-        return {inputs[0]: parse_rounds(spec, class_names, str(file))}
-    cases = spec.get("cases")
-    if not isinstance(cases, dict):
-        raise InputError(f"--clicks {file}: for a folder input, key click sets by file name under 'cases'")
+        return {inputs[0]: read_click_file(path, class_names, name)}
     by_name = {p.name: p for p in inputs}
-    unknown = sorted(set(cases) - set(by_name))
-    if unknown:
-        raise InputError(f"--clicks {file}: no input named {unknown[:3]} in the input folder")
-    return {by_name[name]: parse_rounds(value, class_names, f"{file} case {name}") for name, value in cases.items()}
+    cases = read_folder_click_file(path, class_names, list(by_name), name)
+    return {by_name[case]: clicks for case, clicks in cases.items()}
 
 
-def class_names_of(cfg) -> List[str]:
-    """Class names from the training data set's metadata when it is registered (names in clicks
-    need them), else the class ids as strings."""
-    from detectron2.data import MetadataCatalog
-
-    from s2vnet.data.datasets import register_datasets_from_config
-
-    try:
-        register_datasets_from_config(cfg)
-    except InputError as error:
-        logger.warning("Class names unavailable (%s); clicks must give label ids", error)
-        return [str(i) for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)]
-    names = list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("stuff_classes", [])) if cfg.DATASETS.TRAIN else []
-    if len(names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
-        return [str(i) for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)]
-    return names
-
-
-def predict_case(predictor, source: Path, target: Path, modality: str, rounds, save_probabilities: bool, class_names) -> None:
-    from s2vnet.data.intensity import normalize_intensity
-    from s2vnet.data.volume_io import read_volume, write_label_volume, write_probability_volume
-    from s2vnet.inference.session import InteractiveSession
-
-    volume = read_volume(source)
-    if rounds:
-        session = InteractiveSession(predictor, volume, modality=modality, class_names=class_names)
-        for round_clicks in rounds:
-            for click in round_clicks:
-                session.click_voxel(*click["ijk"], click["label"])
-            session.run()
-        labels = session.result().labels
-        probabilities = None
-        if save_probabilities:
-            probabilities = session.fused_probabilities()
-    else:
-        prediction = predictor.predict_automatic(normalize_intensity(volume.array, modality, str(source)), return_scores=save_probabilities)
-        labels, probabilities = prediction.labels, prediction.scores
-    if probabilities is not None:
-        name = target.name[: -len(".nii.gz")] if target.name.endswith(".nii.gz") else target.stem
-        write_probability_volume(probabilities.astype(np.float32), volume.geometry, target.with_name(f"{name}_probabilities.nii.gz"))
-    write_label_volume(labels, volume.geometry, target)
+def names_and_modality(
+    description: Optional[ModelDescription], num_classes: int, modality: Optional[str], weights: str
+) -> Tuple[List[str], str]:
+    """Class names (for names in clicks) and the modality to normalise inputs as (``--modality``
+    first), from the checkpoint's description; for a checkpoint without one, class ids and CT."""
+    if description is None:
+        assumed = f"{modality} (--modality)" if modality else "CT (pass --modality MR for MR volumes)"
+        logger.warning(
+            "MODEL.WEIGHTS %s has no model description (it was written before checkpoints described their model): "
+            "its class names and modality are unknown, so clicks must give class ids (0..%d) and volumes are normalised as %s",
+            weights, num_classes - 1, assumed,
+        )
+        return [str(i) for i in range(num_classes)], modality or "CT"
+    if modality is None:
+        modality = description.modality if description.modality in ("CT", "MR") else "CT"
+        if description.modality != modality:
+            logger.info("The model was trained on %s volumes: normalising as %s (pass --modality MR for MR volumes)",
+                        description.modality, modality)
+    return list(description.class_names), modality
 
 
 def main(argv=None) -> int:
@@ -175,7 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--input", required=True, help="a volume file, a DICOM folder, or a folder of volumes")
     parser.add_argument("--output", required=True, help="output file (one input) or folder (a folder input)")
     parser.add_argument("--clicks", help="clicks JSON (see above) for interactive prediction")
-    parser.add_argument("--modality", help="CT or MR (default: the training data set's modality, else CT)")
+    parser.add_argument("--modality", help="CT or MR (default: the modality the model was trained on, else CT)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: MODEL.DEVICE)")
     parser.add_argument("--save-probabilities", action="store_true", help="also write per-class score maps")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
@@ -188,15 +95,16 @@ def main(argv=None) -> int:
 
         overrides = list(args.opts) + (["MODEL.DEVICE", args.device] if args.device else [])
         cfg = load_config(args.config_file, overrides)
-        inputs = list_inputs(Path(args.input))
-        many = Path(args.input).is_dir() and not (len(inputs) == 1 and inputs[0] == Path(args.input))
+        inputs = list_inputs(Path(args.input), name=f"--input {Path(args.input)}")
+        many = is_volume_folder(Path(args.input), inputs)
         output = Path(args.output)
         if many and output.suffix in (".gz", ".nii", ".mha"):
             raise InputError(f"--output {output} looks like a file, but --input {args.input} is a folder of volumes")
-        class_names = class_names_of(cfg)
-        clicks = load_clicks(args.clicks, inputs, many, class_names)
-        modality = args.modality or _training_modality(cfg)
+        # The model first: its description names the classes that clicks may use.
         predictor = load_predictor(cfg)
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        class_names, modality = names_and_modality(predictor.description, num_classes, args.modality, cfg.MODEL.WEIGHTS)
+        clicks = load_clicks(args.clicks, inputs, many, class_names)
     except InputError as error:
         logger.error("%s", error)
         return 2
@@ -214,16 +122,6 @@ def main(argv=None) -> int:
             logger.error("%s", error)
     logger.info("Wrote %d volume(s) to %s; %d skipped, %d failed", len(todo) - len(done) - len(failures), output, len(done), len(failures))
     return 1 if failures else 0
-
-
-def _training_modality(cfg) -> str:
-    from detectron2.data import MetadataCatalog
-
-    if cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN[0] in MetadataCatalog.list():
-        modality = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("modality", "CT")
-        if modality in ("CT", "MR"):
-            return modality
-    return "CT"
 
 
 if __name__ == "__main__":

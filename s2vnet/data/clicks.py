@@ -1,4 +1,4 @@
-"""Click simulation shared by training and evaluation (DESIGN §5 "Interaction", §7 "Interactive protocol").
+"""Click simulation shared by training and evaluation (docs/evaluation.md, "Interactive protocol").
 
 A simulated user clicks where a human would: well inside an object, on the slice where it looks
 biggest. Concretely, every click goes to the *deepest point* of a region: the axial slice with the
@@ -23,7 +23,6 @@ distance transforms run on bounding boxes of the classes and regions involved.
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 from dataclasses import dataclass, fields
 from typing import Optional, Sequence
@@ -31,19 +30,17 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from s2vnet.utils.arrays import check_class_ids, check_spacing, class_boxes, mask_box, union_box
 from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Click", "deepest_point", "inplane_depth", "initial_clicks", "corrective_clicks", "missed_region_clicks"]
+__all__ = ["Click", "deepest_point", "inplane_depth", "initial_clicks", "corrective_clicks"]
 
 # Face connectivity (6-neighbourhood in 3D, 4 in 2D), scipy's default: regions that touch only at
 # an edge or corner are different regions. With thick axial slices, diagonal neighbours across
 # slices are far apart physically, so merging them would overstate a region's size.
 _STRUCTURE_3D = ndimage.generate_binary_structure(3, 1)
-
-# A bounding box as a tuple of slices, one per axis of a (Z, Y, X) array.
-_Box = tuple[slice, slice, slice]
 
 
 @dataclass(frozen=True)
@@ -118,19 +115,13 @@ def _check_label_pair(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[n
     return gt, pred
 
 
-def _check_spacing(spacing: Optional[Sequence[float]], ndim: int) -> tuple[float, float]:
-    """Validate ``spacing`` (one value per input axis) and return the in-plane (y, x) spacing."""
+def _inplane_spacing(spacing: Optional[Sequence[float]], ndim: int) -> tuple[float, float]:
+    """Validate ``spacing`` (one value per input axis, :func:`check_spacing`) and return the
+    in-plane (y, x) spacing; None = isotropic."""
     if spacing is None:
         return (1.0, 1.0)
-    try:
-        values = [float(s) for s in spacing]
-    except (TypeError, ValueError):
-        raise InputError(f"spacing={spacing!r}: must be a sequence of numbers") from None
-    if len(values) != ndim:
-        raise InputError(f"spacing={spacing!r}: has {len(values)} values but the input is {ndim}D")
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"spacing={spacing!r}: every value must be positive and finite")
-    return (values[-2], values[-1])
+    values = check_spacing(spacing, ndim)
+    return (float(values[-2]), float(values[-1]))
 
 
 def _check_jitter(rng: Optional[np.random.Generator], jitter_fraction: float) -> float:
@@ -149,61 +140,20 @@ def _check_jitter(rng: Optional[np.random.Generator], jitter_fraction: float) ->
     return fraction
 
 
-def _check_class_ids(class_ids: Sequence[int], ignore_label: Optional[int]) -> list[int]:
-    """Validate class ids and the ignore label; return the sorted, de-duplicated class ids."""
-    if isinstance(class_ids, (str, bytes)) or not hasattr(class_ids, "__iter__"):
-        raise InputError(f"class_ids={class_ids!r}: must be a sequence of non-negative integers")
-    ids = list(class_ids)
-    for c in ids:
-        if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Integral) or c < 0:
-            raise InputError(f"class id {c!r} in class_ids={ids!r}: must be a non-negative integer")
+def _click_class_ids(class_ids: Sequence[int], ignore_label: Optional[int]) -> list[int]:
+    """Validate class ids (:func:`check_class_ids`: no duplicates) and the ignore label; return the ids sorted."""
+    ids = check_class_ids(class_ids)
     if ignore_label is not None:
         if isinstance(ignore_label, (bool, np.bool_)) or not isinstance(ignore_label, numbers.Integral):
             raise InputError(f"ignore_label={ignore_label!r}: must be an integer or None")
         if ignore_label in ids:
             raise InputError(f"ignore_label={ignore_label} is also in class_ids={ids!r}; it cannot be clicked")
-    return sorted({int(c) for c in ids})
+    return sorted(ids)
 
 
 # --------------------------------------------------------------------------------------------
 # Geometry helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _class_boxes(volume: np.ndarray, class_ids: Sequence[int]) -> dict[int, Optional[_Box]]:
-    """Bounding box of every class in ``class_ids`` (None when absent), in one pass for labels > 0."""
-    boxes: dict[int, Optional[_Box]] = {}
-    positive = [c for c in class_ids if c > 0]
-    if positive:
-        # Labels above max_label (e.g. an ignore value of 255) are skipped by find_objects.
-        found = ndimage.find_objects(volume, max_label=max(positive))
-        for c in positive:
-            boxes[c] = found[c - 1]
-    if 0 in class_ids:
-        # find_objects skips label 0, so background gets its box from its own mask (one more pass).
-        boxes[0] = _mask_box(volume == 0)
-    return boxes
-
-
-def _mask_box(mask: np.ndarray) -> Optional[_Box]:
-    """Bounding box of a boolean (Z, Y, X) mask, None when empty."""
-    found = ndimage.find_objects(mask, max_label=1)
-    return found[0] if found else None
-
-
-def _union_box(a: Optional[_Box], b: Optional[_Box]) -> Optional[_Box]:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    # Boxes from find_objects always have integer start and stop.
-    za, ya, xa = a
-    zb, yb, xb = b
-    return (
-        slice(min(za.start, zb.start), max(za.stop, zb.stop)),
-        slice(min(ya.start, yb.start), max(ya.stop, yb.stop)),
-        slice(min(xa.start, xb.start), max(xa.stop, xb.stop)),
-    )
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +195,7 @@ def _deepest_in_region(
     areas = region.sum(axis=(1, 2))
     z = int(np.argmax(areas))  # argmax returns the first maximum: the deterministic tie-break
     section = region[z]
-    ys, xs = ndimage.find_objects(section, max_label=1)[0]
+    ys, xs = mask_box(section)
     depth = inplane_depth(section[ys, xs], inplane_spacing)  # the bounding box holds the whole region
     max_depth = float(depth.max())
     if rng is not None and jitter_fraction > 0:
@@ -315,7 +265,7 @@ def deepest_point(
     volume = _as_3d(region, "region")
     if volume.dtype != np.bool_:
         raise InputError(f"region has dtype {volume.dtype}: expected a boolean mask")
-    inplane = _check_spacing(spacing, region.ndim)
+    inplane = _inplane_spacing(spacing, region.ndim)
     fraction = _check_jitter(rng, jitter_fraction)
     if not volume.any():
         raise InputError(f"region with shape {region.shape} is empty: there is no point to click")
@@ -337,7 +287,7 @@ def initial_clicks(
 
     Args:
         gt_labels: integer label array, (Z, Y, X) or (H, W).
-        class_ids: non-negative class ids to click (0 = background is allowed).
+        class_ids: non-negative class ids to click, each once (0 = background is allowed).
         spacing, rng, jitter_fraction: as in :func:`deepest_point`.
         ignore_label: label of voxels never to click; must not be in ``class_ids``.
 
@@ -345,12 +295,12 @@ def initial_clicks(
         Clicks sorted by class id, each with ``label`` = its class.
     """
     gt = _check_labels(gt_labels, "gt_labels")
-    inplane = _check_spacing(spacing, gt_labels.ndim)
+    inplane = _inplane_spacing(spacing, gt_labels.ndim)
     fraction = _check_jitter(rng, jitter_fraction)
-    ids = _check_class_ids(class_ids, ignore_label)
+    ids = _click_class_ids(class_ids, ignore_label)
 
     clicks: list[Click] = []
-    for c, box in _class_boxes(gt, ids).items():
+    for c, box in class_boxes(gt, ids).items():
         if box is None:
             continue
         labelled, counts = _components(gt[box] == c)
@@ -390,16 +340,16 @@ def corrective_clicks(
         Clicks sorted by class id of the erroneous class (one per class with errors).
     """
     gt, pred = _check_label_pair(gt_labels, pred_labels)
-    inplane = _check_spacing(spacing, gt_labels.ndim)
+    inplane = _inplane_spacing(spacing, gt_labels.ndim)
     fraction = _check_jitter(rng, jitter_fraction)
-    ids = _check_class_ids(class_ids, ignore_label)
+    ids = _click_class_ids(class_ids, ignore_label)
 
-    gt_boxes = _class_boxes(gt, ids)
-    pred_boxes = _class_boxes(pred, ids)
+    gt_boxes = class_boxes(gt, ids)
+    pred_boxes = class_boxes(pred, ids)
     clicks: list[Click] = []
     for c in ids:
         # Every error voxel of c is in gt == c or pred == c, so the union of both boxes holds them all.
-        box = _union_box(gt_boxes[c], pred_boxes[c])
+        box = union_box(gt_boxes[c], pred_boxes[c])
         if box is None:
             continue
         gt_crop, pred_crop = gt[box], pred[box]
@@ -424,40 +374,4 @@ def corrective_clicks(
         z, y, x = _component_click(best[0], best[1], offset, inplane, rng, fraction)
         clicks.append(Click(z, y, x, int(gt[z, y, x])))
     logger.debug("corrective clicks: %s", clicks)
-    return clicks
-
-
-def missed_region_clicks(
-    gt_labels: np.ndarray,
-    pred_labels: np.ndarray,
-    class_ids: Sequence[int],
-    spacing: Optional[Sequence[float]] = None,
-    rng: Optional[np.random.Generator] = None,
-    jitter_fraction: float = 0.0,
-    ignore_label: Optional[int] = None,
-) -> list[Click]:
-    """A first positive click per class of ``class_ids`` present, placed where ``pred_labels`` misses it.
-
-    The click lies at the :func:`deepest_point` of the class's largest face-connected false-negative
-    component (``gt == c`` and ``pred != c``); a class the prediction does not miss anywhere is
-    clicked as by :func:`initial_clicks`. Training uses it so that first clicks also land where the
-    automatic prediction fails, as the evaluation's corrective clicks do, and not only in the
-    organ's easy interior.
-
-    Args:
-        gt_labels, pred_labels: integer labels of the same shape, (Z, Y, X) or (H, W).
-        class_ids, spacing, rng, jitter_fraction, ignore_label: as in :func:`initial_clicks`.
-
-    Returns:
-        Clicks sorted by class id, each with ``label`` = its class.
-    """
-    gt, pred = _check_label_pair(gt_labels, pred_labels)
-    clicks: list[Click] = []
-    for c in _check_class_ids(class_ids, ignore_label):
-        # Class c's false negatives keep the label c and everything else gets another one, so the
-        # largest component of c in ``missed`` is c's largest false-negative component.
-        missed = np.where((gt == c) & (pred != c), c, 1 if c == 0 else 0).reshape(gt_labels.shape)
-        found = initial_clicks(missed, [c], spacing, rng, jitter_fraction, ignore_label)
-        clicks += found or initial_clicks(gt_labels, [c], spacing, rng, jitter_fraction, ignore_label)
-    clicks.sort(key=lambda k: k.label)
     return clicks

@@ -1,4 +1,4 @@
-"""Intensity normalisation to uint8 (paper supplement §A, DESIGN §4).
+"""Intensity normalisation to uint8 (paper supplement §A; docs/data.md).
 
 - CT: clip to the abdominal window [-175, 250] HU, rescale linearly to [0, 255].
 - MRI: clip to the volume's 0.5th and 99.5th percentiles, rescale linearly to [0, 255].

@@ -1,4 +1,4 @@
-"""The prepare step: raw volumes -> a memory-mappable slice cache (DESIGN §4 "Preparation").
+"""The prepare step: raw volumes -> a memory-mappable slice cache.
 
 Decompressing a NIfTI per training sample is far too slow, so every volume is read once,
 reoriented to the canonical (z, y, x) grid, intensity-normalised to uint8 (CT window / MRI

@@ -1,4 +1,4 @@
-"""Reading and writing volumes with their geometry kept (DESIGN §4, §9).
+"""Reading and writing volumes with their geometry kept (docs/data.md).
 
 S2VNet works on axial slices, so every volume is brought into one *canonical* orientation when it
 is read: the voxel axes are reoriented to RAS (nibabel convention: index increasing towards the
@@ -594,6 +594,23 @@ def _output_suffix(path: Path, allowed: tuple[str, ...]) -> str:
     raise InputError(f"{path}: unsupported output format; use one of {', '.join(allowed)}")
 
 
+def _nifti_output(path: PathLike, array: np.ndarray, ndim: int, what: str, axes: str) -> tuple[Path, str, np.ndarray]:
+    """The checks the NIfTI writers start with: ``(path, its suffix, array as an ndarray)``.
+
+    ``what`` and ``axes`` word the error (``"probabilities"``, ``"(C, z, y, x)"``).
+
+    Raises:
+        InputError: an output name that is not ``.nii``/``.nii.gz``.
+        ValueError: an array without ``ndim`` axes.
+    """
+    path = Path(path)
+    suffix = _output_suffix(path, _NIFTI_SUFFIXES)
+    array = np.asarray(array)
+    if array.ndim != ndim:
+        raise ValueError(f"{what} for {path} must be a {axes} array, got shape {array.shape}")
+    return path, suffix, array
+
+
 def _nifti_image(data_ijk: np.ndarray, geometry: VolumeGeometry) -> nib.Nifti1Image:
     """A NIfTI image on the original grid, reusing the input's header when it was NIfTI."""
     if geometry.nifti_header is not None:
@@ -699,11 +716,7 @@ def write_probability_volume(probs: np.ndarray, geometry: VolumeGeometry, path: 
         ValueError: wrong shape or non-finite values.
         InputError: an output name that is not ``.nii``/``.nii.gz``.
     """
-    path = Path(path)
-    suffix = _output_suffix(path, _NIFTI_SUFFIXES)
-    probs = np.asarray(probs)
-    if probs.ndim != 4:
-        raise ValueError(f"probabilities for {path} must be a (C, z, y, x) array, got shape {probs.shape}")
+    path, suffix, probs = _nifti_output(path, probs, 4, "probabilities", "(C, z, y, x)")
     if not np.all(np.isfinite(probs)):
         raise ValueError(f"probabilities for {path} contain NaN or inf")
     data = to_original_orientation(np.moveaxis(probs, 0, -1), geometry).astype(np.float32, copy=False)
@@ -734,3 +747,34 @@ def canonical_to_original_index(geometry: VolumeGeometry, zyx: Sequence[int]) ->
         ras_axis, flip = int(geometry.ornt[axis, 0]), geometry.ornt[axis, 1]
         ijk[axis] = ras[ras_axis] if flip > 0 else geometry.shape[axis] - 1 - ras[ras_axis]
     return tuple(ijk)
+
+
+def write_canonical_nifti(array_zyx: np.ndarray, affine: np.ndarray, path: PathLike) -> None:
+    """Write an array that is already in canonical ``(z, y, x)`` orientation as a NIfTI file, atomically.
+
+    For volumes made here rather than read from a file (the synthetic phantoms): there is no
+    original grid to go back to, so the file's grid is the canonical one. The dtype is kept;
+    qform and sform both hold ``affine`` with code 1 (scanner), and the units are millimetres.
+
+    Args:
+        array_zyx: 3D array, axes ``(z, y, x)`` in RAS order.
+        affine: 4x4 voxel -> world (RAS) matrix for ``(x, y, z)`` indices, as
+            :attr:`VolumeGeometry.canonical_affine`.
+        path: output ``.nii.gz`` or ``.nii`` file.
+
+    Raises:
+        ValueError: not a 3D array, or not a 4x4 affine.
+        InputError: an output name that is not ``.nii``/``.nii.gz``.
+    """
+    path, suffix, array_zyx = _nifti_output(path, array_zyx, 3, "array", "3D (z, y, x)")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine for {path} must be 4x4, got shape {affine.shape}")
+    # .T of a C-ordered (z, y, x) array is a Fortran-ordered (x, y, z) view: exactly the layout
+    # NIfTI stores, so nibabel writes it without another copy.
+    data_xyz = array_zyx.T
+    image = _nifti_image(data_xyz, VolumeGeometry(affine=affine, shape=data_xyz.shape))
+    image.header.set_xyzt_units("mm")
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(image, str(tmp))
+    logger.debug("wrote %s: shape %s, %s", path, data_xyz.shape, array_zyx.dtype)

@@ -6,7 +6,8 @@ What it adds to Detectron2's defaults:
 * AdamW with the backbone learning-rate multiplier (§4.1) and no weight decay on norms, embeddings
   and position tables; gradient clipping on the norm of the whole model's gradient;
 * mixed precision in fp16 *or* bf16, on GPU or CPU (Detectron2 v0.6's AMPTrainer is fp16/CUDA only);
-* atomic checkpoints (a killed save never leaves a corrupt ``model_*.pth`` behind);
+* atomic checkpoints (a killed save never leaves a corrupt ``model_*.pth`` behind) that describe
+  the model (class names, modality, intensity normalisation: :mod:`s2vnet.checkpoint`);
 * ``test()`` that evaluates whole volumes with :mod:`s2vnet.evaluation`.
 
 DDP comes from Detectron2 (``create_ddp_model``, without ``find_unused_parameters``: every parameter
@@ -17,7 +18,7 @@ import logging
 import os
 import time
 import weakref
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Optional, Set
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -26,6 +27,7 @@ from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.solver.build import maybe_add_gradient_clipping
 
 import s2vnet.modeling  # noqa: F401  (registers the S2VNet meta architecture for build_model)
+from s2vnet.checkpoint import DESCRIPTION_KEY, ModelDescription, describe_model
 from s2vnet.data.clip_mapper import ClipDatasetMapper, check_prepared
 from s2vnet.utils.atomic import atomic_path
 from s2vnet.utils.errors import InputError
@@ -38,7 +40,16 @@ _EMBEDDING_NAMES = ("query_feat", "query_embed", "level_embed", "extra_query_emb
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer whose ``save`` writes to a temporary file and renames it into place."""
+    """DetectionCheckpointer whose ``save`` writes to a temporary file and renames it into place.
+
+    Given a ``description``, every checkpoint it saves carries it (under
+    :data:`s2vnet.checkpoint.DESCRIPTION_KEY`), so that the model can be used without its training
+    data set. Loading ignores the key (Detectron2 returns it among the unused entries).
+    """
+
+    def __init__(self, model, save_dir: str = "", *, description: Optional[ModelDescription] = None, **kwargs: Any):
+        super().__init__(model, save_dir, **kwargs)
+        self.description = description
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -47,6 +58,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        if self.description is not None:
+            data[DESCRIPTION_KEY] = self.description.to_dict()
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         with atomic_path(save_file) as tmp:
             torch.save(data, tmp)
@@ -153,12 +166,8 @@ class S2VNetTrainer(DefaultTrainer):
         base.defrost()
         base.SOLVER.AMP.ENABLED = False
         base.freeze()
-        super().__init__(base)
+        super().__init__(base)  # builds the hooks, and with them our checkpointer (build_hooks)
         self.cfg = cfg
-        # Replace the checkpointer by the atomic one (same model, same checkpointables).
-        # The trainer's state holds the iteration, the optimizer and (through the LRScheduler hook)
-        # the scheduler, exactly as Detectron2's own checkpointer does it.
-        self.checkpointer = AtomicCheckpointer(self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         if cfg.SOLVER.AMP.ENABLED:
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.SOLVER.AMP.DTYPE]
             if autocast_supported(cfg.MODEL.DEVICE, dtype):
@@ -175,6 +184,17 @@ class S2VNetTrainer(DefaultTrainer):
                 f"run `python datasets/prepare.py --config-file <this config>` first"
             )
         return build_detection_train_loader(cfg, mapper=ClipDatasetMapper(cfg, True))
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ calls this right after making a plain DetectionCheckpointer, and the
+        # PeriodicCheckpointer hook (periodic and final checkpoints) keeps the checkpointer it is
+        # built with: install the atomic, self-describing one first. The trainer's state holds the
+        # iteration, the optimizer and (through the LRScheduler hook) the scheduler, exactly as
+        # Detectron2's own checkpointer does it.
+        self.checkpointer = AtomicCheckpointer(
+            self.model, self.cfg.OUTPUT_DIR, description=describe_model(self.cfg), trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
 
     @staticmethod
     def build_checkpointer(model, cfg) -> AtomicCheckpointer:

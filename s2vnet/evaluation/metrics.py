@@ -1,4 +1,4 @@
-"""Overlap and surface metrics for volumetric segmentation: DSC, HD95 and NSD (DESIGN.md §7).
+"""Overlap and surface metrics for volumetric segmentation: DSC, HD95 and NSD.
 
 Every function works on one binary mask pair (or, in :func:`score_case`, on one label-map pair,
 class by class) on the original voxel grid. ``spacing`` is the voxel size in mm, one value per
@@ -15,8 +15,6 @@ Conventions implemented (each function's docstring gives the details and the sou
 * :func:`hd95_word_protocol`, :func:`dice_word_protocol` -- the WORD benchmark's own script
   (``word_metrics_computing.py`` in HiLab-git/WORD, built on MedPy), so numbers compare with the
   published WORD tables.
-* :func:`boundary_band_dsc` -- a diagnostic, not a benchmark metric: the DSC left with only the
-  errors in the ground truth's boundary band, i.e. what corrections of whole regions could reach.
 
 Speed: before any surface work both masks are cropped to the bounding box of their union and
 padded with one background voxel on every side. Both surface definitions treat everything outside
@@ -42,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from s2vnet.utils.arrays import Box, check_class_ids, check_spacing, class_boxes, mask_box, union_box
 from s2vnet.utils.errors import InputError
 
 __all__ = [
@@ -55,7 +54,8 @@ __all__ = [
     "hd95_word_protocol",
     "dice_word_protocol",
     "score_case",
-    "boundary_band_dsc",
+    "check_label_maps",
+    "check_protocol",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,25 +112,6 @@ def _check_surface_ndim(shape: tuple[int, ...], name: str) -> None:
         raise InputError(f"{name} has shape {shape}; surface metrics need a 2D or 3D array")
 
 
-def _check_spacing(spacing: Spacing, ndim: int) -> np.ndarray:
-    if isinstance(spacing, (str, bytes)) or not isinstance(spacing, (Sequence, np.ndarray)):
-        raise InputError(
-            f"spacing {spacing!r} must be a sequence of {ndim} voxel sizes in mm, one per array axis"
-        )
-    try:
-        values = np.asarray(spacing, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"spacing {spacing!r} is not a sequence of numbers") from exc
-    if values.ndim != 1 or values.size != ndim:
-        raise InputError(
-            f"spacing {spacing!r} has {values.size} values but the arrays have {ndim} axes; "
-            "give one voxel size in mm per array axis"
-        )
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise InputError(f"spacing {spacing!r} must contain finite, strictly positive voxel sizes in mm")
-    return values
-
-
 def _check_tolerance(tolerance_mm: float, name: str) -> float:
     if isinstance(tolerance_mm, bool) or not isinstance(tolerance_mm, numbers.Real):
         raise InputError(f"{name} {tolerance_mm!r} must be a number of mm")
@@ -140,23 +121,10 @@ def _check_tolerance(tolerance_mm: float, name: str) -> float:
     return value
 
 
-def _check_protocol(protocol: str) -> None:
+def check_protocol(protocol: str) -> None:
+    """Raise :class:`InputError` unless ``protocol`` is one of :data:`PROTOCOLS`."""
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-
-
-def _check_class_ids(class_ids: Sequence[int]) -> list[int]:
-    if isinstance(class_ids, (str, bytes)) or not isinstance(class_ids, (Sequence, np.ndarray)):
-        raise InputError(f"class_ids {class_ids!r} must be a sequence of integer class ids")
-    ids: list[int] = []
-    for c in class_ids:
-        if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Integral):
-            raise InputError(f"class id {c!r} in class_ids is not an integer")
-        ids.append(int(c))
-    duplicates = sorted({c for c in ids if ids.count(c) > 1})
-    if duplicates:
-        raise InputError(f"class_ids {list(class_ids)!r} lists class(es) {duplicates} more than once")
-    return ids
 
 
 def _resolve_tolerances(nsd_tolerance_mm: float | Mapping[int, float], ids: list[int]) -> dict[int, float]:
@@ -189,26 +157,21 @@ def _as_label_map(name: str, labels: np.ndarray) -> np.ndarray:
     raise InputError(f"{name} has dtype {arr.dtype}; a label map must be an integer array")
 
 
+def check_label_maps(pred_labels: np.ndarray, gt_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and ground-truth label maps as integer arrays of one 2D or 3D shape.
+
+    Boolean maps are viewed as uint8; float maps are accepted when every value is a whole number
+    (e.g. read with nibabel's ``get_fdata()``). Raises :class:`InputError` naming the problem.
+    """
+    pred_arr, gt_arr = _as_label_map("pred_labels", pred_labels), _as_label_map("gt_labels", gt_labels)
+    _check_same_shape(pred_arr, gt_arr, "pred_labels", "gt_labels")
+    _check_surface_ndim(pred_arr.shape, "pred_labels")
+    return pred_arr, gt_arr
+
+
 # --------------------------------------------------------------------------------------------
 # Cropping
 # --------------------------------------------------------------------------------------------
-
-Box = tuple[slice, ...]
-
-
-def _mask_box(mask: np.ndarray) -> Box | None:
-    """Bounding box of the foreground, or None when the mask is empty."""
-    # find_objects does the whole scan in one C pass; bool has the itemsize of uint8.
-    found = ndimage.find_objects(mask.view(np.uint8), max_label=1)
-    return found[0]
-
-
-def _union_box(a: Box | None, b: Box | None) -> Box | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
 def _crop_pad(mask: np.ndarray, box: Box) -> np.ndarray:
@@ -224,29 +187,10 @@ def _crop_pad(mask: np.ndarray, box: Box) -> np.ndarray:
 
 def _crop_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Both masks cropped to the bounding box of their union (plus padding); None if both empty."""
-    box = _union_box(_mask_box(pred), _mask_box(gt))
+    box = union_box(mask_box(pred), mask_box(gt))
     if box is None:
         return None
     return _crop_pad(pred, box), _crop_pad(gt, box)
-
-
-_FIND_OBJECTS_MAX_LABEL = 1 << 16
-
-
-def _class_boxes(labels: np.ndarray, class_ids: list[int]) -> dict[int, Box | None]:
-    """Bounding box of every class in a label map, with as few full-volume passes as possible."""
-    boxes: dict[int, Box | None] = {}
-    # One pass for all small positive ids (find_objects ignores labels <= 0 and returns a list as
-    # long as the largest id, hence the cap); any other id gets a pass of its own.
-    listed = [c for c in class_ids if 0 < c <= _FIND_OBJECTS_MAX_LABEL]
-    if listed:
-        found = ndimage.find_objects(labels, max_label=max(listed))
-        for c in listed:
-            boxes[c] = found[c - 1]
-    for c in class_ids:
-        if c not in boxes:
-            boxes[c] = _mask_box(labels == c)
-    return boxes
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,14 +493,14 @@ def _prepare_surface_pair(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pred_mask, gt_mask = _prepare_pair(pred, gt)
     _check_surface_ndim(pred_mask.shape, "pred")
-    return pred_mask, gt_mask, _check_spacing(spacing, pred_mask.ndim)
+    return pred_mask, gt_mask, check_spacing(spacing, pred_mask.ndim)
 
 
 def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
     """Dice similarity coefficient 2|P & G| / (|P| + |G|) (Dice 1945, Ecology 26(3):297-302).
 
     Masks of any shape and dtype; nonzero is foreground. Both empty: NaN (undefined, left out of
-    means, DESIGN.md §7). Exactly one empty: 0.0, which the formula gives.
+    means). Exactly one empty: 0.0, which the formula gives.
     """
     pred_mask, gt_mask = _prepare_pair(pred, gt)
     return _dice_counts(pred_mask, gt_mask)
@@ -682,18 +626,16 @@ def score_case(
     accepted when every value is a whole number). The scores equal those of the single-mask
     functions; each class is cropped once and each mask's surfaces are computed once.
     """
-    pred_arr, gt_arr = _as_label_map("pred_labels", pred_labels), _as_label_map("gt_labels", gt_labels)
-    _check_same_shape(pred_arr, gt_arr, "pred_labels", "gt_labels")
-    _check_surface_ndim(pred_arr.shape, "pred_labels")
-    sp = _check_spacing(spacing, pred_arr.ndim)
-    _check_protocol(protocol)
-    ids = _check_class_ids(class_ids)
+    pred_arr, gt_arr = check_label_maps(pred_labels, gt_labels)
+    sp = check_spacing(spacing, pred_arr.ndim)
+    check_protocol(protocol)
+    ids = check_class_ids(class_ids)
     tolerances = _resolve_tolerances(nsd_tolerance_mm, ids)
 
-    pred_boxes, gt_boxes = _class_boxes(pred_arr, ids), _class_boxes(gt_arr, ids)
+    pred_boxes, gt_boxes = class_boxes(pred_arr, ids), class_boxes(gt_arr, ids)
     scores: dict[int, ClassScores] = {}
     for c in ids:
-        box = _union_box(pred_boxes[c], gt_boxes[c])
+        box = union_box(pred_boxes[c], gt_boxes[c])
         if box is None:
             empty = np.zeros((1,) * pred_arr.ndim, dtype=bool)
             scores[c] = _score_cropped(empty, empty, sp, tolerances[c], protocol)
@@ -703,60 +645,4 @@ def score_case(
         g = np.pad(gt_arr[box] == c, 1, mode="constant", constant_values=False)
         scores[c] = _score_cropped(p, g, sp, tolerances[c], protocol)
         logger.debug("class %d: crop %s, %s", c, p.shape, scores[c])
-    return scores
-
-
-# --------------------------------------------------------------------------------------------
-# Diagnostic: how much of the error is the boundary band
-# --------------------------------------------------------------------------------------------
-
-
-def boundary_band_dsc(
-    pred_labels: np.ndarray, gt_labels: np.ndarray, class_ids: Sequence[int], width: int = 1, protocol: str = "standard"
-) -> dict[int, float]:
-    """Per class, the DSC left if every error voxel outside the in-plane boundary band were corrected.
-
-    The band of class ``c`` is, on every axial slice where both the ground truth and the
-    prediction contain ``c``, every pixel within ``width`` 4-connected in-plane steps of the ground
-    truth's outline on that slice, inside or outside (``dilation - erosion`` in the slice). Errors
-    in it are boundary placement. Errors outside it are regions missed or invented, including whole
-    cross-sections at an organ's ends (slices where only one side has the organ): a click can point
-    at those, while no click at the deepest point of an error region lands on a one-pixel rim. The
-    value is the DSC of the prediction with only its band errors left, so ``band DSC - DSC`` is what
-    corrections of the other errors could still gain. (The band is in-plane on purpose: with thick
-    slices a 3D band would swallow an organ's first and last cross-sections, which clicks do fix.)
-    Where ``c`` is absent from the ground truth the corrected prediction is empty too: NaN under
-    ``protocol="standard"`` (both empty), 0 under ``"word"`` (its DSC of an empty mask), as
-    :func:`score_case` scores it.
-
-    Label maps are 2D (one slice) or 3D (Z, Y, X) integer arrays of one shape; ``width`` >= 1.
-    """
-    pred_arr, gt_arr = _as_label_map("pred_labels", pred_labels), _as_label_map("gt_labels", gt_labels)
-    _check_same_shape(pred_arr, gt_arr, "pred_labels", "gt_labels")
-    _check_surface_ndim(pred_arr.shape, "pred_labels")
-    _check_protocol(protocol)
-    ids = _check_class_ids(class_ids)
-    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
-        raise InputError(f"width={width!r}: the boundary band width must be an integer number of voxels >= 1")
-    if gt_arr.ndim == 2:
-        pred_arr, gt_arr = pred_arr[None], gt_arr[None]
-    # The in-plane cross, as a 3D element that never reaches the neighbouring slices.
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = ndimage.generate_binary_structure(2, 1)
-    pred_boxes, gt_boxes = _class_boxes(pred_arr, ids), _class_boxes(gt_arr, ids)
-    scores: dict[int, float] = {}
-    for c in ids:
-        if gt_boxes[c] is None:
-            scores[c] = 0.0 if protocol == "word" else math.nan
-            continue
-        box = _union_box(pred_boxes[c], gt_boxes[c])
-        # An in-plane margin of `width` lets the dilation reach past the union box; outside it both masks are empty.
-        margin = ((0, 0), (width, width), (width, width))
-        p = np.pad(pred_arr[box] == c, margin, mode="constant", constant_values=False)
-        g = np.pad(gt_arr[box] == c, margin, mode="constant", constant_values=False)
-        both = g.any(axis=(1, 2)) & p.any(axis=(1, 2))  # slices where the outline can be misplaced
-        band = ndimage.binary_dilation(g, structure, iterations=width) & ~ndimage.binary_erosion(g, structure, iterations=width)
-        band &= both[:, None, None]
-        corrected = np.where(band, p, g)
-        scores[c] = _dice_counts(corrected, g)
     return scores

@@ -1,31 +1,96 @@
-"""Evaluation reports: results.json, results.csv, summary.md (the paper's Table 1 layout) and
-dsc_per_round.png (the paper's Fig. 5), from per-case rows; clicks.csv from click records.
+"""The standard evaluation report: results.json, results.csv, summary.md (the paper's Table 1
+layout) and dsc_per_round.png (the paper's Fig. 5), from per-case rows.
 
-A row is ``{"case", "class_id", "class_name", "dsc", "hd95", "nsd", "band_dsc", "mode"}``; interactive rows
-also carry ``"round"`` (round 0 is the automatic prediction the session starts from).
+A row is ``{"case", "class_id", "class_name", "dsc", "hd95", "nsd", "mode"}``; interactive rows
+also carry ``"round"`` (round 0 is the automatic prediction the session starts from). The
+diagnostics (:mod:`s2vnet.evaluation.diagnostics`, only with ``--diagnostics``) add their columns,
+entries, files and paragraphs through :class:`ReportAdditions`; this module computes none of them.
 
-Averaging conventions (DESIGN §7): a class's mean is over the cases where the metric is defined
-(NaN = both masks empty: left out); infinite HD95 (exactly one mask empty) is left out of means
-and counted separately. The "Average" columns are the mean over classes of the class means, as
-the paper's tables average over organs.
+Averaging conventions (docs/evaluation.md, "Metrics"): a class's mean is over the cases where the
+metric is defined (NaN = both masks empty: left out); infinite HD95 (exactly one mask empty) is left
+out of means and counted separately. The "Average" columns are the mean over classes of the class
+means, as the paper's tables average over organs.
 """
 import csv
 import io
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from s2vnet.evaluation.click_diagnostics import CLICK_FIELDS, clicks_markdown, summarize_clicks
+from s2vnet.evaluation.settings import EvaluationSettings
 from s2vnet.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 
-# band_dsc: the DSC left with only the errors in the ground truth's boundary band (a diagnostic, see
-# s2vnet.evaluation.metrics.boundary_band_dsc); band_dsc - dsc is what correcting the rest could gain.
-# Where the ground truth lacks the class it is NaN (left out of means), or 0 under the WORD protocol.
-METRICS = ("dsc", "hd95", "nsd", "band_dsc")
+METRICS = ("dsc", "hd95", "nsd")
+"""The benchmark metrics of every row."""
 NOC_THRESHOLDS = (0.85, 0.90)
+
+
+@dataclass
+class EvaluationRows:
+    """The rows of one or more cases: automatic and interactive score rows and, with diagnostics,
+    the click records and round changes (:mod:`s2vnet.evaluation.diagnostics.clicks`; None without)."""
+
+    automatic: List[Dict] = field(default_factory=list)
+    interactive: List[Dict] = field(default_factory=list)
+    clicks: Optional[List[Dict]] = None
+    round_changes: Optional[List[Dict]] = None
+
+    def extend(self, other: "EvaluationRows") -> None:
+        """Append ``other``'s rows (another case's) to these."""
+        self.automatic += other.automatic
+        self.interactive += other.interactive
+        if other.clicks is not None:
+            self.clicks = (self.clicks or []) + other.clicks
+        if other.round_changes is not None:
+            self.round_changes = (self.round_changes or []) + other.round_changes
+
+    def to_json(self) -> Dict[str, List[Dict]]:
+        """The rows as a case file holds them (the diagnostics' lists only when recorded)."""
+        data = {"automatic": self.automatic, "interactive": self.interactive}
+        if self.clicks is not None:
+            data["clicks"] = self.clicks
+        if self.round_changes is not None:
+            data["round_changes"] = self.round_changes
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], metrics: Sequence[str] = METRICS) -> "EvaluationRows":
+        """Rows read back from :meth:`to_json` output written through :func:`json_safe`: the
+        ``metrics`` of every row become floats again (None -> NaN, "inf" -> inf)."""
+
+        def restore(row):
+            for metric in metrics:
+                value = row.get(metric)
+                row[metric] = math.nan if value is None else (math.inf if value == "inf" else float(value))
+            return row
+
+        return cls(
+            automatic=[restore(r) for r in data["automatic"]],
+            interactive=[restore(r) for r in data["interactive"]],
+            clicks=data.get("clicks"),
+            round_changes=data.get("round_changes"),
+        )
+
+
+@dataclass(frozen=True)
+class ReportAdditions:
+    """What the diagnostics add to the standard report (:func:`write_reports`).
+
+    Attributes:
+        metrics: extra per-row values, summarised, averaged and written as the metrics are.
+        results: extra entries of results.json, after the standard ones.
+        files: extra report files, name -> text.
+        markdown: extra summary.md lines, after the rounds and NoC lines.
+    """
+
+    metrics: Tuple[str, ...] = ()
+    results: Dict[str, Any] = field(default_factory=dict)
+    files: Dict[str, str] = field(default_factory=dict)
+    markdown: Tuple[str, ...] = ()
 
 
 def _finite_mean(values: Iterable[float]) -> Optional[float]:
@@ -33,8 +98,8 @@ def _finite_mean(values: Iterable[float]) -> Optional[float]:
     return float(np.mean(finite)) if finite else None
 
 
-def summarize(rows: Sequence[Dict]) -> Dict:
-    """Per-class and overall means, and counts of undefined / infinite values."""
+def summarize(rows: Sequence[Dict], metrics: Sequence[str] = METRICS) -> Dict:
+    """Per-class and overall means of ``metrics``, and counts of undefined / infinite values."""
     by_class: Dict[int, List[Dict]] = defaultdict(list)
     for row in rows:
         by_class[row["class_id"]].append(row)
@@ -42,13 +107,13 @@ def summarize(rows: Sequence[Dict]) -> Dict:
     for class_id in sorted(by_class):
         class_rows = by_class[class_id]
         entry = {"class_name": class_rows[0]["class_name"], "cases": len(class_rows)}
-        for metric in METRICS:
+        for metric in metrics:
             values = [r[metric] for r in class_rows]
             entry[metric] = _finite_mean(values)
             entry[f"{metric}_undefined"] = sum(1 for v in values if v is None or (isinstance(v, float) and math.isnan(v)))
             entry[f"{metric}_infinite"] = sum(1 for v in values if isinstance(v, float) and math.isinf(v))
         per_class[class_id] = entry
-    overall = {metric: _finite_mean(entry[metric] for entry in per_class.values()) for metric in METRICS}
+    overall = {metric: _finite_mean(entry[metric] for entry in per_class.values()) for metric in metrics}
     overall["hd95_infinite"] = sum(entry["hd95_infinite"] for entry in per_class.values())
     overall["dsc_undefined"] = sum(entry["dsc_undefined"] for entry in per_class.values())
     overall["cases"] = len({r["case"] for r in rows})
@@ -81,11 +146,14 @@ def number_of_clicks(rows: Sequence[Dict], threshold: float, max_rounds: int) ->
     return float(np.mean(counts))
 
 
-def _fmt(value: Optional[float], scale: float = 1.0, digits: int = 2) -> str:
+def format_value(value: Optional[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``value * scale`` with ``digits`` decimals, or "-" when it is missing or not finite."""
     return "-" if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
 
 
-def table1_markdown(automatic: Sequence[Dict], interactive: Sequence[Dict], class_ids: Sequence[int], abbrevs: Sequence[str], final_round: Optional[int]) -> str:
+def table1_markdown(
+    automatic: Sequence[Dict], interactive: Sequence[Dict], class_ids: Sequence[int], abbrevs: Sequence[str], final_round: Optional[int]
+) -> str:
     """A Markdown table laid out like the paper's Table 1: average HD95 / DSC / NSD, then the DSC per organ."""
     header = ["Setup", "HD95 (mm) ↓", "DSC (%) ↑", "NSD (%) ↑"] + [abbrevs[c] for c in class_ids]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -97,67 +165,59 @@ def table1_markdown(automatic: Sequence[Dict], interactive: Sequence[Dict], clas
             continue
         summary = summarize(rows)
         overall, per_class = summary["overall"], summary["per_class"]
-        cells = [name, _fmt(overall["hd95"]), _fmt(overall["dsc"], 100), _fmt(overall["nsd"], 100)]
-        cells += [_fmt(per_class.get(str(c), {}).get("dsc"), 100) for c in class_ids]
+        cells = [name, format_value(overall["hd95"]), format_value(overall["dsc"], 100), format_value(overall["nsd"], 100)]
+        cells += [format_value(per_class.get(str(c), {}).get("dsc"), 100) for c in class_ids]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_reports(
     output_dir: Path,
-    automatic: Sequence[Dict],
-    interactive: Sequence[Dict],
-    class_ids: Sequence[int],
-    class_names: Sequence[str],
-    abbrevs: Sequence[str],
-    max_rounds: int,
-    settings: Dict,
-    clicks: Sequence[Dict] = (),
-    round_changes: Sequence[Dict] = (),
+    rows: EvaluationRows,
+    settings: EvaluationSettings,
+    record: Mapping[str, Any],
+    additions: Optional[ReportAdditions] = None,
 ) -> Dict:
-    """Write results.json, results.csv, summary.md and (with interactive rows) dsc_per_round.png;
-    with click records (:mod:`s2vnet.evaluation.click_diagnostics`) also clicks.csv, and their
-    summary in results.json (``clicks``) and summary.md."""
+    """Write results.json, results.csv, summary.md and (with interactive rows) dsc_per_round.png.
+
+    ``settings`` gives the classes, their Table-1 names and the number of rounds (NoC's "not
+    reached"); ``record`` is the settings as results.json and summary.md list them. ``additions``
+    (the diagnostics', :func:`s2vnet.evaluation.diagnostics.report.report_additions`) adds columns,
+    results.json entries, files and summary.md lines. Returns the contents of results.json.
+    """
     output_dir = Path(output_dir)
+    additions = additions or ReportAdditions()
+    metrics = METRICS + tuple(additions.metrics)
+    automatic, interactive, max_rounds = rows.automatic, rows.interactive, settings.rounds
     per_case = [dict(r) for r in automatic] + [dict(r) for r in interactive]
     results = {
-        "settings": settings,
+        "settings": dict(record),
         "per_case": per_case,
-        "automatic": summarize(automatic) if automatic else None,
+        "automatic": summarize(automatic, metrics) if automatic else None,
     }
     final_round = max((r["round"] for r in interactive), default=None) if interactive else None
     if interactive:
-        results["interactive"] = summarize([r for r in interactive if r["round"] == final_round])
+        results["interactive"] = summarize([r for r in interactive if r["round"] == final_round], metrics)
         results["interactive"]["rounds"] = final_round
         results["dsc_per_round"] = {str(k): v for k, v in dsc_per_round(interactive).items()}
         results["noc"] = {f"NoC@{int(t * 100)}": number_of_clicks(interactive, t, max_rounds) for t in NOC_THRESHOLDS}
-    if clicks:
-        results["clicks"] = summarize_clicks(clicks, round_changes)
-    write_json_atomic(output_dir / "results.json", _json_safe(results))
-    write_text_atomic(output_dir / "results.csv", _csv_text(per_case, ["case", "mode", "round", "class_id", "class_name", *METRICS]))
-    if clicks:
-        write_text_atomic(output_dir / "clicks.csv", _csv_text(clicks, CLICK_FIELDS))
+    results.update(additions.results)
+    write_json_atomic(output_dir / "results.json", json_safe(results))
+    write_text_atomic(output_dir / "results.csv", csv_text(per_case, ["case", "mode", "round", "class_id", "class_name", *metrics]))
+    for name, text in additions.files.items():
+        write_text_atomic(output_dir / name, text)
 
     lines = ["# Evaluation summary", ""]
-    lines += [f"- {key}: {value}" for key, value in settings.items()]
-    lines += ["", table1_markdown(automatic, interactive, class_ids, abbrevs, final_round)]
+    lines += [f"- {key}: {value}" for key, value in record.items()]
+    lines += ["", table1_markdown(automatic, interactive, settings.class_ids, settings.table_names, final_round)]
     if interactive:
-        lines.append("DSC (%) after each round (round 0 = automatic): " + ", ".join(f"{r}: {_fmt(v, 100)}" for r, v in dsc_per_round(interactive).items()))
+        per_round = ", ".join(f"{r}: {format_value(v, 100)}" for r, v in dsc_per_round(interactive).items())
+        lines.append("DSC (%) after each round (round 0 = automatic): " + per_round)
         lines.append("")
-        lines.append(", ".join(f"{k} = {_fmt(v)}" for k, v in results["noc"].items()) + f" (clicks per organ; {max_rounds} = not reached)")
+        lines.append(", ".join(f"{k} = {format_value(v)}" for k, v in results["noc"].items()) + f" (clicks per organ; {max_rounds} = not reached)")
         lines.append("")
         _plot_rounds(output_dir / "dsc_per_round.png", dsc_per_round(interactive))
-    if clicks:
-        lines.append(clicks_markdown(results["clicks"]))
-    band = [(name, results[mode]["overall"]) for name, mode in (("automatic", "automatic"), (f"after round {final_round}", "interactive")) if results.get(mode)]
-    if band:
-        lines.append(
-            f"Boundary band: with only the errors within {settings.get('boundary_band_pixels', 1)} pixel(s) of the true outline left "
-            "(in-plane, on slices where both prediction and ground truth have the organ), mean DSC would be "
-            + ", ".join(f"{_fmt(o['band_dsc'], 100)} ({name}, now {_fmt(o['dsc'], 100)})" for name, o in band)
-            + "; the difference is the error in regions missed or invented (organ ends included), which clicks can point at."
-        )
-        lines.append("")
+    lines += additions.markdown
     counts = results["automatic"]["overall"] if automatic else results.get("interactive", {})
     if counts:
         lines.append(
@@ -168,7 +228,8 @@ def write_reports(
     return results
 
 
-def _csv_text(rows: Sequence[Dict], fields: Sequence[str]) -> str:
+def csv_text(rows: Sequence[Dict], fields: Sequence[str]) -> str:
+    """CSV text of ``rows`` with the columns ``fields`` (a missing value is an empty cell)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
     writer.writeheader()
@@ -197,8 +258,9 @@ def _plot_rounds(path: Path, per_round: Dict[int, Optional[float]]) -> None:
     plt.close(figure)
 
 
-def _json_safe(value):
-    """NaN/inf -> None/"inf" so that results.json is strict JSON any tool can read."""
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf float (in nested dicts, lists and tuples) turned into
+    None/"inf"/"-inf", so that results.json is strict JSON any tool can read."""
     if isinstance(value, float):
         if math.isnan(value):
             return None
@@ -206,7 +268,7 @@ def _json_safe(value):
             return "inf" if value > 0 else "-inf"
         return value
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value

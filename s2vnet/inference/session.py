@@ -40,10 +40,11 @@ import torch
 from s2vnet.data.clicks import Click
 from s2vnet.data.intensity import normalize_intensity
 from s2vnet.data.volume_io import Volume, VolumeGeometry, original_to_canonical_index
-from s2vnet.inference.volume_predictor import VolumePredictor, _check_volume
-from s2vnet.modeling.interaction import accumulate_round, identity_score
+from s2vnet.inference.volume_predictor import VolumePredictor, check_normalized_volume
+from s2vnet.modeling.interaction import accumulate_clicks, fuse_identity_scores, fuse_rounds, identity_score
 from s2vnet.modeling.postprocess import scores_to_labels
-from s2vnet.modeling.propagation import Tracks
+from s2vnet.modeling.propagation import add_click_tracks
+from s2vnet.modeling.structures import CentroidOrigin, PreparedMemory, SliceFeatures, Tracks
 from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -88,19 +89,28 @@ class InteractiveSession:
         self,
         model_or_predictor,
         volume: Union[Volume, np.ndarray],
-        modality: str = "CT",
+        modality: Optional[str] = None,
         class_names: Optional[Sequence[str]] = None,
     ):
         """Open a session on ``volume``: a :class:`Volume` (raw intensities, normalised here with
-        ``modality``) or a uint8 (Z, Y, X) array already normalised."""
+        ``modality``) or a uint8 (Z, Y, X) array already normalised. Modality and class names
+        default to those the checkpoint describes (``predictor.description``), else CT and the
+        class ids."""
         self.predictor = model_or_predictor if isinstance(model_or_predictor, VolumePredictor) else VolumePredictor(model_or_predictor)
         self.model = self.predictor.model
         self.geometry: Optional[VolumeGeometry] = None
+        description = self.predictor.description
         if isinstance(volume, Volume):
             self.geometry = volume.geometry
+            if modality is None:
+                modality = description.modality if description is not None else "CT"
+                if modality not in ("CT", "MR"):
+                    raise InputError(f"the model was trained on {modality} data: say which modality {volume.path} is (modality='CT' or 'MR')")
             volume = normalize_intensity(volume.array, modality, name=volume.path)
-        self.volume = _check_volume(volume)
+        self.volume = check_normalized_volume(volume)
         self.num_classes = self.model.num_classes
+        if not class_names and description is not None:
+            class_names = description.class_names
         self.class_names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
         if len(self.class_names) != self.num_classes:
             raise InputError(f"{len(self.class_names)} class names given for a model with {self.num_classes} classes")
@@ -119,7 +129,7 @@ class InteractiveSession:
 
     # ------------------------------------------------------------------ set-up (once per volume)
     @torch.inference_mode()
-    def _encode_all(self) -> Dict[str, object]:
+    def _encode_all(self) -> SliceFeatures:
         """Encode every slice once (batched) and keep the features for all later rounds.
 
         The decoder's query-independent per-slice work (memory projection, mask features with
@@ -128,36 +138,35 @@ class InteractiveSession:
         prepared features replace the raw ones, which nothing reads once they are prepared, and
         the memory's position code, the same on every slice, is stored once and broadcast.
         """
-        chunks = []
-        for start in range(0, self.volume.shape[0], self.predictor.slice_batch_size):
-            chunk = self.predictor.encode_slices(self.volume, range(start, min(start + self.predictor.slice_batch_size, self.volume.shape[0])))
+        depth, batch_size = self.volume.shape[0], self.predictor.slice_batch_size
+        chunks: List[SliceFeatures] = []
+        prepared: List[PreparedMemory] = []
+        for start in range(0, depth, batch_size):
+            chunk = self.predictor.encode_slices(self.volume, range(start, min(start + batch_size, depth)))
             with self.predictor.autocast():
-                prepared = self.model.decoder.prepare_memory(chunk["multi_scale_features"], chunk["mask_features"])
-            chunk["prepared_memory"] = prepared
-            chunk["mask_features"] = prepared["mask_features"]
+                prepared.append(self.model.decoder.prepare_memory(chunk.multi_scale_features, chunk.mask_features))
             chunks.append(chunk)
 
-        def cat(key):
-            return [torch.cat([c["prepared_memory"][key][i] for c in chunks]) for i in range(len(chunks[0]["prepared_memory"][key]))]
+        def cat(levels_of_chunk):
+            return [torch.cat(levels) for levels in zip(*levels_of_chunk)]
 
-        depth = self.volume.shape[0]
-        mask_features = torch.cat([c["mask_features"] for c in chunks])
-        return {
-            "mask_features": mask_features,
-            "multi_scale_features": [],  # only prepare_memory reads them, and it has run
-            "click_features": {k: torch.cat([c["click_features"][k] for c in chunks]) for k in chunks[0]["click_features"]},
-            "input_size": chunks[0]["input_size"],
-            "prepared_memory": {
-                "memory": cat("memory"),
+        mask_features = torch.cat([p.mask_features for p in prepared])
+        return SliceFeatures(
+            mask_features=mask_features,
+            multi_scale_features=[],  # only prepare_memory reads them, and it has run
+            click_features={k: torch.cat([c.click_features[k] for c in chunks]) for k in chunks[0].click_features},
+            input_size=chunks[0].input_size,
+            prepared=PreparedMemory(
+                memory=cat([p.memory for p in prepared]),
                 # A view of one slice's code: it depends only on the level's size (as in prepare_memory).
-                "memory_pos": [pos[:1].expand(depth, -1, -1) for pos in chunks[0]["prepared_memory"]["memory_pos"]],
-                "level_mask_features": cat("level_mask_features"),
-                "mask_features": mask_features,
-            },
-        }
+                memory_pos=[pos[:1].expand(depth, -1, -1) for pos in prepared[0].memory_pos],
+                level_mask_features=cat([p.level_mask_features for p in prepared]),
+                mask_features=mask_features,
+            ),
+        )
 
-    def features_of(self, z: int) -> Dict[str, object]:
-        return self.model.select_features(self.features, slice(z, z + 1))
+    def features_of(self, z: int) -> SliceFeatures:
+        return self.features.select(slice(z, z + 1))
 
     def _automatic_scores(self) -> torch.Tensor:
         depth = self.volume.shape[0]
@@ -183,7 +192,7 @@ class InteractiveSession:
             raise InputError(f"click label {label!r} is not a class of this model (valid: 0..{self.num_classes - 1}: {self.class_names})")
         # Every round in which a class is clicked adds one cluster centre of that class (eq. 8).
         centres = sum(1 for r in self.rounds if any(c.label == label for c in r.clicks))
-        if centres >= self.model.max_clicks_per_class and not any(c.label == label for c in self.pending):
+        if centres >= self.model.interaction.max_clicks_per_class and not any(c.label == label for c in self.pending):
             raise InputError(
                 f"class {label} ({self.class_names[int(label)]}) already has {centres} click-initialised cluster centres, "
                 f"the maximum (MODEL.S2VNET.INTERACTION.MAX_CLICKS_PER_CLASS); reset({label}) to start it over"
@@ -237,21 +246,25 @@ class InteractiveSession:
     def _run_round(self, clicks: List[Click]) -> Round:
         model = self.model
         previous = {c.label: self.sampled.get(c.label) for c in clicks}
-        # Eq. 7 + eq. 8: one new centroid per class clicked in this round, from the mean feature at
-        # its clicks accumulated over its earlier rounds; it starts from every slice it was clicked on.
-        points = torch.tensor([list(self._model_pixel(c.y, c.x)) for c in clicks], device=model.device)
-        slices = torch.tensor([c.z for c in clicks], device=model.device)
-        features = model.click_encoder.sample(self.features["click_features"], slices, points, self.features["input_size"])
-        updated = accumulate_round(self.sampled, [c.label for c in clicks], features, model.beta, model.adaptive_sampling)
-        self.sampled.update(updated)
-        # Each click starts its class's new centroid from its own slice, at its own position.
-        positions = model.click_encoder.normalized_positions(points, self.features["input_size"])
+        # Eqs. 7-8: one new centroid per class clicked in this round, from the mean feature at its
+        # clicks accumulated over its earlier rounds; it starts from every slice it was clicked on,
+        # at the position of each click.
+        accumulated = accumulate_clicks(
+            model.click_encoder,
+            self.features,
+            batch_index=torch.tensor([c.z for c in clicks], device=model.device),
+            points=torch.tensor([list(self._model_pixel(c.y, c.x)) for c in clicks], device=model.device),
+            keys=[c.label for c in clicks],
+            state=self.sampled,
+            settings=model.interaction,
+        )
+        self.sampled.update(accumulated.features)
         with self.predictor.autocast():
             labels = torch.tensor([c.label for c in clicks], device=model.device)
-            centroids = model.click_encoder(torch.stack([updated[c.label] for c in clicks]), labels, positions)
-        starts: Dict[int, List[Tuple[torch.Tensor, int, int]]] = {}
+            centroids = model.click_encoder(torch.stack([accumulated.features[c.label] for c in clicks]), labels, accumulated.positions)
+        starts: Dict[int, List[Tuple[torch.Tensor, int]]] = {}
         for index, click in enumerate(clicks):
-            starts.setdefault(click.z, []).append((centroids[index], click.label, index))
+            starts.setdefault(click.z, []).append((centroids[index], click.label))
 
         scores: Dict[int, torch.Tensor] = {}
         reached: Set[int] = set()
@@ -265,19 +278,15 @@ class InteractiveSession:
                 return Round(list(clicks), scores, previous, reached)
             self._decode_step(ready, scores, reached)
 
-    def _advance(self, sweep: "_Sweep", starts: Dict[int, List[Tuple[torch.Tensor, int, int]]]) -> bool:
+    def _advance(self, sweep: "_Sweep", starts: Dict[int, List[Tuple[torch.Tensor, int]]]) -> bool:
         """Move ``sweep`` to its next slice with a live click centroid, adding the centroids that
         start on each slice it passes (each slice is passed once). False, and finished, when no
         click centroid is alive and none starts further on, or when it has left the volume."""
         depth = self.volume.shape[0]
         while 0 <= sweep.z < depth:
             if sweep.z in starts:
-                clicked = {label for _, label, _ in starts[sweep.z]}
-                tracks = sweep.tracks
-                # A click centroid takes over its class's identity from a learnable-query track.
-                keep = [e for e, label in enumerate(tracks.labels.tolist()) if label not in clicked or tracks.keys[e] is not None]
-                sweep.tracks = Tracks.cat([tracks.select(torch.tensor(keep, dtype=torch.long)), self._new_tracks(starts[sweep.z])])
-            if any(key is not None for key in sweep.tracks.keys):
+                sweep.tracks = add_click_tracks(sweep.tracks, self._new_tracks(starts[sweep.z]))
+            if any(sweep.tracks.from_click()):
                 return True
             if (sweep.z - sweep.last_start) * sweep.direction >= 0:
                 break
@@ -299,7 +308,7 @@ class InteractiveSession:
         depth = self.volume.shape[0]
         index = slice(ready[0].z, ready[0].z + 1) if len(ready) == 1 else torch.tensor([sweep.z for sweep in ready], device=model.device)
         batch_tracks = Tracks.cat([replace(sweep.tracks, batch_index=torch.full_like(sweep.tracks.batch_index, b)) for b, sweep in enumerate(ready)])
-        outputs = self.predictor.decode_slice(model.select_features(self.features, index, with_click_features=False), batch_tracks)
+        outputs = self.predictor.decode_slice(self.features.select(index, with_click_features=False), batch_tracks)
         first_track = 0
         for b, sweep in enumerate(ready):
             # This sweep's part of the batch, shaped as a one-slice decode.
@@ -307,30 +316,31 @@ class InteractiveSession:
             element["track_slot"] = outputs["track_slot"][first_track : first_track + len(sweep.tracks)]
             first_track += len(sweep.tracks)
             reached.add(sweep.z)
-            clicks_alive = [e for e, key in enumerate(sweep.tracks.keys) if key is not None]
-            rows = model.decoder.num_queries + element["track_slot"][clicks_alive]
+            clicks_alive = [e for e, from_click in enumerate(sweep.tracks.from_click()) if from_click]
+            rows = model.num_learnable_queries + element["track_slot"][clicks_alive]
             labels = sweep.tracks.labels[clicks_alive]
             track_scores = identity_score(element["pred_logits"][0, rows], element["pred_masks"][0, rows], labels)
             for e, label in enumerate(labels.tolist()):
                 if label not in scores:
                     scores[label] = torch.zeros((depth,) + tuple(track_scores.shape[-2:]), dtype=torch.float16, device=track_scores.device)
-                scores[label][sweep.z] = torch.maximum(scores[label][sweep.z], track_scores[e].to(torch.float16))
-            if model.propagation:
+                # Eq. 9 within the round: a class clicked more than once keeps the best of its centroids.
+                scores[label][sweep.z] = fuse_rounds(torch.stack([scores[label][sweep.z], track_scores[e].to(torch.float16)]))
+            if model.propagation.enabled:
                 sweep.tracks = self.predictor.continue_tracks(element, sweep.tracks, spawn_new=True)
             else:
                 sweep.tracks = self.predictor.empty_tracks()
             sweep.z += sweep.direction
 
-    def _new_tracks(self, entries: List[Tuple[torch.Tensor, int, int]]) -> Tracks:
+    def _new_tracks(self, entries: List[Tuple[torch.Tensor, int]]) -> Tracks:
         device = self.model.device
-        queries = torch.stack([c for c, _, _ in entries])
+        queries = torch.stack([centroid for centroid, _ in entries])
         memory = None if self.model.aggregator is None else self.model.aggregator.initial(len(entries)).to(queries.dtype)
         return Tracks(
             queries=queries,
-            labels=torch.tensor([label for _, label, _ in entries], dtype=torch.int64, device=device),
+            labels=torch.tensor([label for _, label in entries], dtype=torch.int64, device=device),
             batch_index=torch.zeros(len(entries), dtype=torch.int64, device=device),
             memory=memory,
-            keys=[index for _, _, index in entries],
+            origins=[CentroidOrigin.CLICK] * len(entries),
         )
 
     def _model_pixel(self, y: int, x: int) -> Tuple[int, int]:
@@ -343,12 +353,13 @@ class InteractiveSession:
 
     # ------------------------------------------------------------------ fusion (eq. 9)
     def fused_scores(self, z: int) -> torch.Tensor:
-        """(K, h, w) scores of slice z: per class, the max over round 0 (automatic) and every round."""
-        fused = self.auto_scores[:, z].float()
-        for round_ in self.rounds:
-            for label, class_scores in round_.scores.items():
-                fused[label] = torch.maximum(fused[label], class_scores[z].float())
-        return fused
+        """(K, h, w) scores of slice z: eq. 9, per class the max over round 0 (automatic) and every round."""
+        round_scores = [(label, class_scores[z]) for round_ in self.rounds for label, class_scores in round_.scores.items()]
+        automatic = self.auto_scores[:, z].float()
+        if not round_scores:
+            return automatic
+        labels = torch.tensor([label for label, _ in round_scores], device=automatic.device)
+        return fuse_identity_scores(automatic, torch.stack([scores.float() for _, scores in round_scores]), labels)
 
     def native_fused_scores(self, z: int) -> torch.Tensor:
         """(K, Y, X) fused class scores of slice z on the native slice grid."""

@@ -9,24 +9,41 @@ next is encoded, so peak memory does not grow with the number of slices (only th
 does).
 
 Slices are fed at their native size (padded to a multiple of 32), or resized so that the longer
-side is ``INPUT.TEST_SIZE``; predictions are returned on the native slice grid of the canonical
+side is ``TEST.INPUT_SIZE``; predictions are returned on the native slice grid of the canonical
 (z, y, x) volume. Writing them back onto the file's own grid is :func:`write_label_volume`'s job.
 """
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from s2vnet.modeling.postprocess import class_score_maps, resize_log_odds, scores_to_labels, upsample_log_odds
-from s2vnet.modeling.propagation import Tracks, hand_over
+from s2vnet.modeling.propagation import inference_hand_over
+from s2vnet.modeling.structures import SliceFeatures, Tracks
 from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How volumes are run through the network (the config's ``TEST`` keys): the one home of
+    inference settings, for automatic prediction and interactive sessions alike."""
+
+    slice_batch_size: int = 16  # slices per backbone + pixel-decoder batch
+    amp_dtype: str = "bfloat16"  # autocast dtype on GPU ("bfloat16", "float16" or "float32" = off); CPU runs in fp32
+    input_size: int = 0  # resize slices so that the longer side is this (0 = native size)
+    compile_encoder: bool = False  # torch.compile the backbone + pixel decoder
+
+    @classmethod
+    def from_config(cls, cfg) -> "InferenceSettings":
+        test = cfg.TEST
+        return cls(test.SLICE_BATCH_SIZE, test.AMP_DTYPE, test.INPUT_SIZE, test.COMPILE)
 
 
 @dataclass
@@ -42,8 +59,9 @@ class VolumePredictor:
         model: the network (put in eval mode here).
         slice_batch_size: slices per backbone + pixel-decoder batch.
         amp_dtype: autocast dtype on GPU ("bfloat16", "float16" or "float32" = off). CPU runs in fp32.
-        test_size: resize slices so that the longer side is this (0 = native size).
+        input_size: resize slices so that the longer side is this (0 = native size).
         compile_encoder: ``torch.compile`` the backbone + pixel decoder.
+        description: what the checkpoint says about the model (class names, modality), if known.
     """
 
     def __init__(
@@ -51,25 +69,29 @@ class VolumePredictor:
         model,
         slice_batch_size: int = 16,
         amp_dtype: str = "bfloat16",
-        test_size: int = 0,
+        input_size: int = 0,
         compile_encoder: bool = False,
+        description=None,
     ):
         if slice_batch_size < 1:
             raise InputError(f"slice batch size must be >= 1, got {slice_batch_size}")
         self.model = model.eval()
         self.slice_batch_size = slice_batch_size
-        self.test_size = test_size
+        self.input_size = input_size
         device_type = model.device.type
         self.autocast_dtype = _DTYPES[amp_dtype] if device_type == "cuda" else torch.float32
         if self.autocast_dtype == torch.bfloat16 and device_type == "cuda" and not torch.cuda.is_bf16_supported():
             self.autocast_dtype = torch.float16
         self._encode = torch.compile(model.encode) if compile_encoder else model.encode
         self.encoder_calls = 0  # number of encoder batches run (tests check that clicks reuse features)
+        # A ModelDescription (s2vnet.checkpoint) when the weights came with one: sessions and
+        # predict.py take class names and modality from it.
+        self.description = description
 
     @classmethod
-    def from_config(cls, cfg, model) -> "VolumePredictor":
-        test = cfg.MODEL.S2VNET.TEST
-        return cls(model, test.SLICE_BATCH_SIZE, test.AMP_DTYPE, cfg.INPUT.TEST_SIZE, test.COMPILE)
+    def from_config(cls, cfg, model, description=None) -> "VolumePredictor":
+        settings = InferenceSettings.from_config(cfg)
+        return cls(model, settings.slice_batch_size, settings.amp_dtype, settings.input_size, settings.compile_encoder, description)
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
@@ -78,13 +100,13 @@ class VolumePredictor:
 
     def model_slice_size(self, native_size: Tuple[int, int]) -> Tuple[int, int]:
         """Slice size fed to the network (before padding to a multiple of 32)."""
-        if not self.test_size:
+        if not self.input_size:
             return native_size
-        scale = self.test_size / max(native_size)
+        scale = self.input_size / max(native_size)
         return (max(1, round(native_size[0] * scale)), max(1, round(native_size[1] * scale)))
 
     def prepare_slices(self, volume: np.ndarray, indices: Sequence[int]) -> torch.Tensor:
-        """uint8 slices (N, h, w) as the network takes them (resized if TEST_SIZE is set)."""
+        """uint8 slices (N, h, w) as the network takes them (resized if TEST.INPUT_SIZE is set)."""
         slices = torch.from_numpy(np.ascontiguousarray(volume[list(indices)]))
         size = self.model_slice_size(tuple(volume.shape[1:]))
         if size != tuple(volume.shape[1:]):
@@ -93,23 +115,23 @@ class VolumePredictor:
         return slices
 
     @torch.inference_mode()
-    def encode_slices(self, volume: np.ndarray, indices: Sequence[int]) -> Dict[str, object]:
+    def encode_slices(self, volume: np.ndarray, indices: Sequence[int]) -> SliceFeatures:
         with self.autocast():
             features = self._encode(self.prepare_slices(volume, indices).to(self.model.device))
         self.encoder_calls += 1
         return features
 
-    def stream_features(self, volume: np.ndarray, order: Sequence[int]) -> Iterator[Tuple[int, Dict[str, object]]]:
+    def stream_features(self, volume: np.ndarray, order: Sequence[int]) -> Iterator[Tuple[int, SliceFeatures]]:
         """(slice index, its features) in ``order``, encoding ``slice_batch_size`` slices at a time."""
         for start in range(0, len(order), self.slice_batch_size):
             chunk = list(order[start : start + self.slice_batch_size])
             features = self.encode_slices(volume, chunk)
             for offset, z in enumerate(chunk):
-                selected = self.model.select_features(features, slice(offset, offset + 1))
+                selected = features.select(slice(offset, offset + 1))
                 if offset == len(chunk) - 1:
                     # The caller still holds this slice while the next chunk is encoded: a view
                     # would keep the whole chunk alive, so peak memory would be two chunks.
-                    selected = _clone_features(selected)
+                    selected = selected.clone()
                 yield z, selected
             del features
 
@@ -127,82 +149,27 @@ class VolumePredictor:
 
     # ------------------------------------------------------------------ the per-slice step
     @torch.inference_mode()
-    def decode_slice(self, features: Dict[str, object], tracks: Tracks):
+    def decode_slice(self, features: SliceFeatures, tracks: Tracks):
         with self.autocast():
             return self.model.decode(features, tracks, all_layer_masks=False)
 
     def continue_tracks(self, outputs, tracks: Tracks, spawn_new: bool) -> Tracks:
-        """Eq. 6 at inference: identities whose class is still predicted with probability >=
-        PROPAGATION.SCORE_THRESHOLD continue; with ``spawn_new``, learnable queries confidently
-        predicting a foreground class nobody tracks yet start new identities (one per class, the
-        most confident). Background and "no object" are never handed over by learnable queries.
-
-        A centroid whose cluster is empty (no pixel with mask probability >= 0.5) is not handed
-        over, however confident its class: k-means drops empty clusters, and an empty centroid
-        carried on through slices without its organ would resurface as a false positive."""
+        """The identities of the next slice: the inference hand-over rule,
+        :func:`s2vnet.modeling.propagation.inference_hand_over`, in this predictor's precision."""
         model = self.model
-        threshold = model.handover_threshold
-        num_learnable = model.decoder.num_queries
-        probs = outputs["pred_logits"][0].float().softmax(-1)  # (Q, K+1)
-        non_empty = (outputs["pred_masks"][0] > 0).flatten(1).any(1)  # sigmoid >= 0.5 somewhere
-        embeddings = outputs["query_embeddings"][0]
-        slot = outputs["track_slot"]
-        keep = []
-        if len(tracks):
-            rows_of_tracks = num_learnable + slot
-            alive = (probs[rows_of_tracks, tracks.labels] >= threshold) & non_empty[rows_of_tracks]
-            keep = alive.nonzero().flatten().tolist()
-        rows = [num_learnable + int(slot[e]) for e in keep]
-        labels = [int(tracks.labels[e]) for e in keep]
-        keys = [tracks.keys[e] for e in keep]
-        num_new = 0
-        if spawn_new:
-            background, no_object = 0, probs.shape[1] - 1
-            best, classes = probs[:num_learnable].max(-1)
-            order = torch.argsort(best, descending=True).tolist()
-            # Python lists: this loop runs on every decoded slice, and indexing tensors one element
-            # at a time cost more than the decode's attention. The threshold test stays one tensor
-            # comparison, in the probabilities' own precision.
-            below, classes, query_non_empty = (best < threshold).tolist(), classes.tolist(), non_empty[:num_learnable].tolist()
-            tracked = set(labels)
-            for q in order:
-                c = classes[q]
-                if below[q]:
-                    break
-                if c in (background, no_object) or c in tracked or not query_non_empty[q]:
-                    continue
-                tracked.add(c)
-                rows.append(q)
-                labels.append(c)
-                keys.append(None)
-                num_new += 1
-        device = embeddings.device
-        if not rows:
-            return Tracks.empty(embeddings.shape[-1], device, None if model.aggregator is None else model.aggregator.memory_slots, embeddings.dtype)
-        memory = None
-        if model.aggregator is not None:
-            carried = tracks.memory[torch.tensor(keep, dtype=torch.long, device=device)] if keep else tracks.memory[:0]
-            memory = torch.cat([carried.to(embeddings.dtype), model.aggregator.initial(num_new).to(embeddings.dtype)])
         with torch.inference_mode(), self.autocast():
-            return hand_over(
-                embeddings[torch.tensor(rows, dtype=torch.long, device=device)],
-                torch.tensor(labels, dtype=torch.int64, device=device),
-                torch.zeros(len(rows), dtype=torch.int64, device=device),
-                memory,
-                model.aggregator,
-                keys=keys,
+            return inference_hand_over(
+                outputs, tracks, model.num_learnable_queries, model.aggregator, model.propagation.score_threshold, spawn_new
             )
 
     def empty_tracks(self) -> Tracks:
-        dim = self.model.decoder.query_feat.weight.shape[1]
-        slots = None if self.model.aggregator is None else self.model.aggregator.memory_slots
-        return Tracks.empty(dim, self.model.device, slots)
+        return self.model.empty_tracks()
 
     # ------------------------------------------------------------------ automatic mode
     def automatic_scores(
         self,
         volume: np.ndarray,
-        features_of: Optional[Callable[[int], Dict[str, object]]] = None,
+        features_of: Optional[Callable[[int], SliceFeatures]] = None,
         on_slice: Optional[Callable[[int, torch.Tensor], None]] = None,
     ) -> None:
         """Sweep first to last slice (§4.1), calling ``on_slice(z, scores)`` with each slice's
@@ -215,14 +182,14 @@ class VolumePredictor:
             outputs = self.decode_slice(features, tracks)
             valid = ~outputs["query_padding_mask"][0]
             on_slice(z, class_score_maps(outputs["pred_logits"][0], outputs["pred_masks"][0], valid))
-            if self.model.propagation:
+            if self.model.propagation.enabled:
                 tracks = self.continue_tracks(outputs, tracks, spawn_new=True)
 
     @torch.inference_mode()
     def predict_automatic(self, volume, return_scores: bool = False) -> VolumePrediction:
         """Segment a whole volume: ``volume`` is uint8 (Z, Y, X) in canonical orientation (a numpy
         array or tensor, already intensity-normalised, see :func:`normalize_intensity`)."""
-        volume = _check_volume(volume)
+        volume = check_normalized_volume(volume)
         depth, height, width = volume.shape
         model_size = self.model_slice_size((height, width))
         padded = tuple(s + (-s) % self.model.size_divisibility for s in model_size)
@@ -239,7 +206,9 @@ class VolumePredictor:
         return VolumePrediction(labels, scores_out)
 
 
-def _check_volume(volume) -> np.ndarray:
+def check_normalized_volume(volume) -> np.ndarray:
+    """``volume`` as the uint8 (Z, Y, X) numpy array the network takes (intensities already
+    normalised by :func:`s2vnet.data.intensity.normalize_intensity`), or an InputError saying why not."""
     if isinstance(volume, torch.Tensor):
         volume = volume.cpu().numpy()
     volume = np.asarray(volume)
@@ -252,14 +221,3 @@ def _check_volume(volume) -> np.ndarray:
     if min(volume.shape) == 0:
         raise InputError(f"volume of shape {volume.shape} is empty")
     return volume
-
-
-def _clone_features(features: Dict[str, object]) -> Dict[str, object]:
-    """A copy of (nested) feature tensors that shares no storage with the original."""
-    if isinstance(features, torch.Tensor):
-        return features.clone()
-    if isinstance(features, dict):
-        return {k: _clone_features(v) for k, v in features.items()}
-    if isinstance(features, list):
-        return [_clone_features(v) for v in features]
-    return features

@@ -1,5 +1,7 @@
 """Losses of one decoded slice: class cross-entropy + mask BCE + dice, on every decoder layer.
 
+Design followed: Mask2Former's set criterion (Cheng et al. 2022); written for this project, no code copied.
+
 Targets are the slice's segments, one per class present (background, label 0, is a real class
 with its own segment; "no object" is the extra class K). Two kinds of queries get targets:
 
@@ -26,8 +28,10 @@ import torch.nn.functional as F
 from detectron2.utils.comm import get_world_size
 from torch import nn
 
+from s2vnet.modeling.interaction import fused_class_scores
 from s2vnet.modeling.matcher import HungarianMatcher
 from s2vnet.modeling.point_sampling import point_sample, uncertain_point_coords
+from s2vnet.modeling.postprocess import upsample_log_odds
 
 
 @dataclass
@@ -44,30 +48,53 @@ class SliceTargets:
         return int(hits[0, 0]) if hits.numel() else -1
 
 
+@dataclass(frozen=True)
+class CriterionSettings:
+    """What :class:`SetCriterion` matches and how it weighs the losses (``MODEL.MASK_FORMER`` keys,
+    and ``MODEL.S2VNET.PROPAGATION.EXCLUSIVE_MATCHING``)."""
+
+    num_classes: int  # background included; the classifier's extra output, K, is "no object"
+    num_learnable_queries: int
+    class_weight: float = 2.0  # cross-entropy
+    mask_weight: float = 5.0  # mask binary cross-entropy
+    dice_weight: float = 5.0  # mask dice
+    no_object_weight: float = 0.1  # cross-entropy weight of the "no object" class
+    # Point sampling of the mask losses (:func:`uncertain_point_coords`): points per mask, candidates
+    # per point, share of points taken where the prediction is uncertain.
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    exclusive_identities: bool = False  # learnable queries are matched only to segments no identity query covers
+
+    @classmethod
+    def from_config(cls, cfg) -> "CriterionSettings":
+        mf = cfg.MODEL.MASK_FORMER
+        return cls(
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            num_learnable_queries=mf.NUM_OBJECT_QUERIES,
+            class_weight=mf.CLASS_WEIGHT,
+            mask_weight=mf.MASK_WEIGHT,
+            dice_weight=mf.DICE_WEIGHT,
+            no_object_weight=mf.NO_OBJECT_WEIGHT,
+            num_points=mf.TRAIN_NUM_POINTS,
+            oversample_ratio=mf.OVERSAMPLE_RATIO,
+            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+            exclusive_identities=cfg.MODEL.S2VNET.PROPAGATION.EXCLUSIVE_MATCHING,
+        )
+
+    @property
+    def weight_dict(self) -> Dict[str, float]:
+        """The weight of each loss of a layer, by its name in the loss dict."""
+        return {"loss_ce": self.class_weight, "loss_mask": self.mask_weight, "loss_dice": self.dice_weight}
+
+
 class SetCriterion(nn.Module):
-    def __init__(
-        self,
-        num_classes: int,
-        num_learnable_queries: int,
-        matcher: HungarianMatcher,
-        weight_dict: Dict[str, float],
-        no_object_weight: float,
-        num_points: int,
-        oversample_ratio: float,
-        importance_sample_ratio: float,
-        exclusive_identities: bool = False,
-    ):
+    def __init__(self, settings: CriterionSettings, matcher: HungarianMatcher):
         super().__init__()
-        self.exclusive_identities = exclusive_identities
-        self.num_classes = num_classes
-        self.num_learnable_queries = num_learnable_queries
+        self.settings = settings
         self.matcher = matcher
-        self.weight_dict = weight_dict
-        self.num_points = num_points
-        self.oversample_ratio = oversample_ratio
-        self.importance_sample_ratio = importance_sample_ratio
-        class_weights = torch.ones(num_classes + 1)
-        class_weights[-1] = no_object_weight
+        class_weights = torch.ones(settings.num_classes + 1)
+        class_weights[-1] = settings.no_object_weight
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     # ------------------------------------------------------------------ matching
@@ -75,10 +102,10 @@ class SetCriterion(nn.Module):
         """(query indices, segment indices) per batch element: Hungarian for the learnable queries,
         plus the fixed pairs of extra queries whose class is present."""
         matches = []
-        n = self.num_learnable_queries
+        n = self.settings.num_learnable_queries
         for b, target in enumerate(targets):
             free = torch.ones(len(target.labels), dtype=torch.bool, device=target.labels.device)
-            if self.exclusive_identities:
+            if self.settings.exclusive_identities:
                 free[target.extra_segments[target.extra_segments >= 0]] = False
             free_index = free.nonzero().flatten()
             rows, cols = self.matcher(
@@ -96,7 +123,7 @@ class SetCriterion(nn.Module):
 
     # ------------------------------------------------------------------ losses
     def loss_labels(self, pred_logits, targets, matches, query_padding_mask) -> torch.Tensor:
-        target_classes = torch.full(pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=pred_logits.device)
+        target_classes = torch.full(pred_logits.shape[:2], self.settings.num_classes, dtype=torch.int64, device=pred_logits.device)
         for b, (queries, segments) in enumerate(matches):
             target_classes[b, queries] = targets[b].labels[segments]
         # Padding queries (batches with unequal numbers of extra queries) carry no loss.
@@ -111,7 +138,8 @@ class SetCriterion(nn.Module):
         target = torch.cat([targets[b].masks[segments] for b, (_, segments) in enumerate(matches)])
         valid = torch.cat([targets[b].valid[None].expand(len(segments), -1, -1) for b, (_, segments) in enumerate(matches)])
         predicted = predicted[:, None].float()
-        coords = uncertain_point_coords(predicted, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
+        settings = self.settings
+        coords = uncertain_point_coords(predicted, settings.num_points, settings.oversample_ratio, settings.importance_sample_ratio)
         logits = point_sample(predicted, coords).squeeze(1)  # (M, P)
         with torch.no_grad():
             labels = point_sample(target[:, None].float(), coords).squeeze(1)
@@ -131,14 +159,15 @@ class SetCriterion(nn.Module):
         num_masks = 0
         for t in targets:
             identities = int((t.extra_segments >= 0).sum())
-            matchable = len(t.labels) - identities if self.exclusive_identities else len(t.labels)
-            num_masks += identities + min(self.num_learnable_queries, matchable)
+            matchable = len(t.labels) - identities if self.settings.exclusive_identities else len(t.labels)
+            num_masks += identities + min(self.settings.num_learnable_queries, matchable)
         num_masks = torch.as_tensor(float(num_masks), device=outputs["pred_logits"].device)
         if get_world_size() > 1:
             torch.distributed.all_reduce(num_masks)
         num_masks = (num_masks / get_world_size()).clamp(min=1.0).item()
 
         losses, final_matches = {}, None
+        weights = self.settings.weight_dict
         padding = outputs["query_padding_mask"]
         layer_outputs = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs["aux_outputs"])]
         for suffix, layer in layer_outputs:
@@ -148,7 +177,7 @@ class SetCriterion(nn.Module):
             layer_losses = {"loss_ce": self.loss_labels(layer["pred_logits"], targets, matches, padding)}
             layer_losses.update(self.loss_masks(layer["pred_masks"], targets, matches, num_masks))
             for name, value in layer_losses.items():
-                losses[name + suffix] = value * self.weight_dict[name]
+                losses[name + suffix] = value * weights[name]
         return losses, final_matches
 
 
@@ -215,20 +244,13 @@ def fused_click_loss(
     Returns:
         A scalar; 0 (still in the graph, for DDP) when there are no click centroids.
     """
-    # Imported here: postprocess and interaction sit above the criterion in the model's layers.
-    from s2vnet.modeling.interaction import fuse_identity_scores, identity_score
-    from s2vnet.modeling.postprocess import class_score_maps, upsample_log_odds
-
     losses = []
     for b in click_batch_index.unique().tolist():
         mine = click_batch_index == b
         rows, labels = click_rows[mine], click_labels[mine]
         automatic = ~query_padding_mask[b]
         automatic[rows] = False
-        with torch.no_grad():
-            automatic_scores = class_score_maps(pred_logits[b, automatic], pred_masks[b, automatic])  # (K, h, w), round 0
-        clicked = identity_score(pred_logits[b, rows], pred_masks[b, rows], labels)  # (E_b, h, w)
-        fused = fuse_identity_scores(automatic_scores, clicked, labels)  # eq. 9
+        fused = fused_class_scores(pred_logits[b], pred_masks[b], automatic, rows, labels)  # eq. 9
         height, width = label_slices.shape[-2:]
         log_odds = upsample_log_odds(fused, input_size)[:, :height, :width]  # (K, H, W)
         target = label_slices[b].long()

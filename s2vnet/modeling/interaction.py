@@ -8,14 +8,32 @@ every round adds a new centroid of that class, and the rounds' predictions are f
 maximum of mask score x class score (eq. 9). The backbone features are the same in every round,
 so they are computed once per volume.
 """
+from dataclasses import dataclass
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from s2vnet.modeling.layers import MLP
 from s2vnet.modeling.point_sampling import point_sample
 from s2vnet.modeling.position_encoding import PositionEmbeddingSine
-from s2vnet.modeling.transformer_decoder.kmeans_decoder import MLP
+from s2vnet.modeling.postprocess import class_score_maps
+from s2vnet.modeling.structures import SliceFeatures
+
+
+@dataclass(frozen=True)
+class InteractionSettings:
+    """How clicks become cluster centres (``MODEL.S2VNET.INTERACTION``), read by training and by
+    interactive sessions alike."""
+
+    beta: float = 0.8  # eq. 8: weight of earlier rounds' features
+    adaptive_sampling: bool = True  # eq. 8 on (False: each round uses only its own clicks)
+    max_clicks_per_class: int = 20  # cluster centres reserved per class for clicks (sessions: rounds per class)
+
+    @classmethod
+    def from_config(cls, cfg) -> "InteractionSettings":
+        i = cfg.MODEL.S2VNET.INTERACTION
+        return cls(beta=i.BETA, adaptive_sampling=i.ADAPTIVE_SAMPLING, max_clicks_per_class=i.MAX_CLICKS_PER_CLASS)
 
 
 class ClickEncoder(nn.Module):
@@ -132,6 +150,41 @@ def accumulate_round(
     return updated
 
 
+@dataclass
+class AccumulatedClicks:
+    """One round of clicks after eqs. 7-8: the accumulated feature O_hat of every key clicked in it,
+    and each click's position (y, x) in [0, 1] of the input (its centroid's position code)."""
+
+    features: Dict[Hashable, torch.Tensor]
+    positions: torch.Tensor  # (K, 2), one row per click, in the order given
+
+
+def accumulate_clicks(
+    encoder: ClickEncoder,
+    features: SliceFeatures,
+    batch_index: torch.Tensor,
+    points: torch.Tensor,
+    keys: Sequence[Hashable],
+    state: Dict[Hashable, torch.Tensor],
+    settings: InteractionSettings,
+) -> AccumulatedClicks:
+    """Click -> centroid input for one round (eq. 7's sampling O_k, eq. 8's accumulation), the one
+    place training's simulated clicks and interactive sessions turn clicks into features.
+
+    The centroid itself is ``encoder(O_hat, label, position)`` (eq. 7's FFN + class embedding).
+
+    Args:
+        features: the encoded slices the clicks lie on (their ``click_features``).
+        batch_index: (K,) the slice of ``features`` each click is on; points: (K, 2) its (y, x)
+            pixel on the network input grid.
+        keys: per click, whose O_hat it accumulates into (a class; (clip, class) in training).
+        state: O_hat^{r-1} per key (not modified).
+    """
+    sampled = encoder.sample(features.click_features, batch_index, points, features.input_size)
+    accumulated = accumulate_round(state, keys, sampled, settings.beta, settings.adaptive_sampling)
+    return AccumulatedClicks(accumulated, encoder.normalized_positions(points, features.input_size))
+
+
 def fuse_rounds(round_scores: torch.Tensor) -> torch.Tensor:
     """Eq. 9: M_hat = max over rounds r of (M^r * c^r), given the products stacked on dim 0."""
     return round_scores.amax(dim=0)
@@ -157,3 +210,23 @@ def identity_score(pred_logits: torch.Tensor, pred_masks: torch.Tensor, labels: 
     """
     class_prob = pred_logits.float().softmax(-1).gather(1, labels[:, None])  # (E, 1)
     return pred_masks.float().sigmoid() * class_prob[:, :, None]
+
+
+def fused_class_scores(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    automatic_rows: torch.Tensor,
+    identity_rows: torch.Tensor,
+    identity_labels: torch.Tensor,
+) -> torch.Tensor:
+    """Eq. 9 on one decoded slice: the class scores of the ``automatic_rows`` queries (round 0,
+    without gradient) max-fused with the scores of the identity queries at ``identity_rows`` of
+    class ``identity_labels`` (the click centroids).
+
+    pred_logits (Q, K+1), pred_masks (Q, h, w), automatic_rows a (Q,) bool mask or a slice ->
+    (K, h, w); a gradient reaches the identity queries wherever one wins its class's score.
+    """
+    with torch.no_grad():
+        automatic = class_score_maps(pred_logits[automatic_rows], pred_masks[automatic_rows])
+    identity = identity_score(pred_logits[identity_rows], pred_masks[identity_rows], identity_labels)
+    return fuse_identity_scores(automatic, identity, identity_labels)

@@ -1,5 +1,7 @@
 """Hungarian matching of the learnable queries to ground-truth segments (paper eq. 5).
 
+Design followed: Mask2Former's point-sampled Hungarian matcher (Cheng et al. 2022); written for this project, no code copied.
+
 The cost of assigning query q to segment s is Mask2Former's: class cost (minus the predicted
 probability of s's class) plus mask binary cross-entropy and dice costs, both computed on the same
 random points for all pairs. Identity-carrying (extra) queries are not matched here: their target

@@ -1,5 +1,7 @@
 """Point sampling for the mask losses and the matching costs (PointRend, used by Mask2Former).
 
+Design followed: PointRend's point sampling (Kirillov et al. 2020), as used by Mask2Former; written for this project, no code copied.
+
 Mask losses are computed on P sampled points per mask instead of every pixel: most of them where
 the prediction is uncertain (logit near 0), the rest uniformly at random. This keeps the memory of
 the losses independent of the input size (Mask2Former §3.2, "Improving training efficiency").

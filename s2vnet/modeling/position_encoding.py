@@ -1,5 +1,7 @@
 """Sine positional encoding of a feature map (DETR / Mask2Former).
 
+Design followed: DETR's sine position encoding (Carion et al. 2020), as used by Mask2Former; written for this project, no code copied.
+
 The paper keeps the positional encoding of the transformer "to help capture the location of
 diseases" (§3.3). Positions are normalised to [0, scale] over the map (scale = 2*pi by default, so the fastest
 sinusoid makes one period across the map), so the code of a pixel does not depend on the

@@ -25,19 +25,19 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from s2vnet.data.intensity import AMOS_FIRST_MR_ID, amos_modality
 from s2vnet.utils.errors import InputError
 
 from .nnunet import (
     PathLike,
-    _abs,
-    _visible_files,
+    absolute_path,
     parse_label_map,
     register_nnunet_dataset,
     register_volume_datasets,
     require_dir,
+    visible_files,
     volume_dataset_names,
 )
 
@@ -105,7 +105,7 @@ def _list_plain_cases(image_dir: Path, label_dir: Path) -> List[Tuple[str, Path,
     require_dir(image_dir, "Image folder")
     require_dir(label_dir, "Label folder")
     cases: Dict[str, Tuple[Path, Path]] = {}
-    for image in _visible_files(image_dir):
+    for image in visible_files(image_dir):
         if not image.name.endswith(_NII):
             continue
         stem = image.name[: -len(_NII)]
@@ -158,6 +158,19 @@ def _metadata(
     }
 
 
+def _register_ct_splits(
+    layout: str, root: Path, splits: Sequence[str], load: Callable[[str, Path, str], List[dict]],
+    classes: Sequence[str], abbrev: Sequence[str],
+) -> List[str]:
+    """Register ``{layout}_{split}`` for each split of a CT benchmark; ``load(name, root, split)``
+    lists the split's volumes when it is first loaded."""
+    entries = []
+    for split in splits:
+        name = f"{layout}_{split}"
+        entries.append((name, functools.partial(load, name, root, split), _metadata(root, classes, abbrev, "CT", layout, split)))
+    return register_volume_datasets(entries)
+
+
 # ------------------------------------------------------------------------------------------------
 # WORD
 # ------------------------------------------------------------------------------------------------
@@ -175,13 +188,7 @@ def register_word(root: PathLike) -> List[str]:
     Nothing is read now; loading a split lists its folders and raises :class:`InputError` if they
     are missing, empty or have images without labels.
     """
-    root = _abs(root)
-    entries = []
-    for split in ("train", "val", "test"):
-        name = f"word_{split}"
-        entries.append((name, functools.partial(_load_word, name, root, split),
-                        _metadata(root, WORD_CLASSES, WORD_ABBREV, "CT", "word", split)))
-    return register_volume_datasets(entries)
+    return _register_ct_splits("word", absolute_path(root), ("train", "val", "test"), _load_word, WORD_CLASSES, WORD_ABBREV)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,7 +243,7 @@ def _btcv_folders(root: Path) -> Tuple[Path, Path]:
 
 def _numbered_files(folder: Path) -> Dict[int, Path]:
     files: Dict[int, Path] = {}
-    for path in _visible_files(folder):
+    for path in visible_files(folder):
         if not path.name.endswith(_NII):
             continue
         number = _btcv_number(path)
@@ -278,13 +285,7 @@ def register_btcv(root: PathLike) -> List[str]:
     Case ids are ``btcv_0001`` ... whatever the layout, so prepared caches and reports do not
     depend on it. Nothing is read now.
     """
-    root = _abs(root)
-    entries = []
-    for split in ("train", "val", "all"):
-        name = f"btcv_{split}"
-        entries.append((name, functools.partial(_load_btcv, name, root, split),
-                        _metadata(root, BTCV_CLASSES, BTCV_ABBREV, "CT", "btcv", split)))
-    return register_volume_datasets(entries)
+    return _register_ct_splits("btcv", absolute_path(root), ("train", "val", "all"), _load_btcv, BTCV_CLASSES, BTCV_ABBREV)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,7 +334,7 @@ def register_amos(root: PathLike) -> List[str]:
     amos_train, amos_val (both; metadata modality "mixed", each volume dict still says CT or MR).
     Nothing is read now.
     """
-    root = _abs(root)
+    root = absolute_path(root)
     entries = []
     for modality, tag in (("CT", "ct_"), ("MR", "mr_"), (None, "")):
         for split in ("train", "val"):
@@ -351,7 +352,7 @@ def register_builtin_datasets(root: PathLike) -> List[str]:
 
     Cheap: no folder is read until a dataset is loaded, so missing datasets only matter if used.
     """
-    root = _abs(root)
+    root = absolute_path(root)
     return (
         register_word(root / BUILTIN_FOLDERS["word"])
         + register_btcv(root / BUILTIN_FOLDERS["btcv"])

@@ -63,7 +63,7 @@ _WARNED_MULTICHANNEL: set = set()
 # ------------------------------------------------------------------------------------------------
 # Catalog helpers shared with builtin.py
 # ------------------------------------------------------------------------------------------------
-def _abs(path: PathLike) -> Path:
+def absolute_path(path: PathLike) -> Path:
     """Absolute path without resolving symlinks (users often symlink dataset folders; the path they
     gave is the one worth showing in messages)."""
     return Path(os.path.abspath(os.path.expanduser(str(path))))
@@ -171,7 +171,8 @@ def _nested_layout_hint(missing: Path) -> str:
     return ""
 
 
-def _visible_files(folder: Path) -> List[Path]:
+def visible_files(folder: Path) -> List[Path]:
+    """The files of ``folder``, sorted, without hidden ones."""
     # Hidden files are skipped: editors, macOS (.DS_Store) and S2VNet's own atomic writes
     # (temporary names start with a dot) put them next to the data.
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -254,7 +255,7 @@ def load_dataset_json(root: PathLike) -> Dict[str, Any]:
         dict with ``json_path`` (Path), ``stuff_classes`` (list[str]), ``raw_ignore_value`` (int or
         None), ``modality`` ("CT"/"MR"), ``channel_names`` (dict), ``file_ending`` (str).
     """
-    root = _abs(root)
+    root = absolute_path(root)
     require_dir(root, "nnU-Net dataset folder")
     json_path = root / "dataset.json"
     if not json_path.is_file():
@@ -306,7 +307,7 @@ def list_nnunet_cases(
         require_dir(label_dir, "Label folder")
     channel0: Dict[str, Path] = {}
     other_channels: Dict[str, Path] = {}
-    for path in _visible_files(image_dir):
+    for path in visible_files(image_dir):
         if not path.name.endswith(file_ending):
             logger.debug("Skipping %s: it does not end with the dataset's file_ending %s", path, file_ending)
             continue
@@ -341,7 +342,7 @@ def list_nnunet_cases(
         cases.append((case, channel0[case], label))
     if label_dir is not None:
         orphans = sorted(
-            p.name for p in _visible_files(label_dir)
+            p.name for p in visible_files(label_dir)
             if p.name.endswith(file_ending) and p.name[: -len(file_ending)] not in channel0
         )
         if orphans:
@@ -453,7 +454,7 @@ def register_nnunet_dataset(
     if val_cases and val_fraction > 0:
         raise InputError(f"Dataset '{name}': give either val_cases or val_fraction, not both.")
 
-    root = _abs(root)
+    root = absolute_path(root)
     info = load_dataset_json(root)
     require_dir(root / "imagesTr", "nnU-Net image folder")
     require_dir(root / "labelsTr", "nnU-Net label folder")

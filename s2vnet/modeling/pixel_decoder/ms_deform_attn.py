@@ -1,5 +1,7 @@
 """Multi-scale deformable attention (Deformable DETR, Zhu et al. 2021) in pure PyTorch.
 
+Design followed: Deformable DETR's multi-scale deformable attention (Zhu et al. 2021), as used by Mask2Former; written for this project, no code copied.
+
 Each query attends to ``n_points`` sampled locations per head and per feature level around its
 reference point; sampling offsets and attention weights are predicted from the query. The sampling
 is ``torch.nn.functional.grid_sample``, so the module runs on any device without a compiled
@@ -12,6 +14,8 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from s2vnet.modeling.layers import xavier_init_
 
 
 def multi_scale_deformable_sample(
@@ -78,9 +82,7 @@ class MSDeformAttn(nn.Module):
             self.sampling_offsets.bias.copy_(ring.flatten())
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
-        for layer in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        xavier_init_(self.value_proj, self.output_proj)
 
     def forward(
         self,

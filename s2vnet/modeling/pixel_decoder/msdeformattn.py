@@ -1,5 +1,7 @@
 """Multi-scale deformable-attention pixel decoder (Mask2Former's design, pure PyTorch).
 
+Design followed: Mask2Former's MSDeformAttn pixel decoder (Cheng et al. 2022); written for this project, no code copied.
+
 Backbone features at strides 8, 16 and 32 are projected to a common width, refined jointly by a
 stack of deformable-attention encoder layers, and returned as the 3-level memory the transformer
 decoder clusters over. A small FPN step adds the stride-4 backbone feature to produce the mask
@@ -19,6 +21,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from s2vnet.modeling.layers import TransformerSettings, feedforward
 from s2vnet.modeling.pixel_decoder.ms_deform_attn import MSDeformAttn
 from s2vnet.modeling.position_encoding import PositionEmbeddingSine
 
@@ -53,9 +56,7 @@ class DeformableEncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.norm1 = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, dim_feedforward), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim_feedforward, d_model)
-        )
+        self.ffn = feedforward(d_model, dim_feedforward, dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
@@ -76,11 +77,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         conv_dim: int,
         mask_dim: int,
         norm: str,
-        num_encoder_layers: int,
-        dim_feedforward: int,
-        num_heads: int,
+        encoder: TransformerSettings,
         num_points: int,
-        dropout: float = 0.0,
         common_stride: int = 4,
     ):
         super().__init__()
@@ -100,8 +98,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         nn.init.normal_(self.level_embed)
         self.position_encoding = PositionEmbeddingSine(conv_dim // 2)
         self.encoder_layers = nn.ModuleList(
-            DeformableEncoderLayer(conv_dim, dim_feedforward, n_levels, num_heads, num_points, dropout)
-            for _ in range(num_encoder_layers)
+            DeformableEncoderLayer(conv_dim, encoder.dim_feedforward, n_levels, encoder.num_heads, num_points, encoder.dropout)
+            for _ in range(encoder.num_layers)
         )
         self.lateral_convs = nn.ModuleList(conv_norm_act(input_shape[n].channels, conv_dim, 1, norm) for n in self.fpn_features)
         self.output_convs = nn.ModuleList(conv_norm_act(conv_dim, conv_dim, 3, norm, F.relu) for _ in self.fpn_features)
@@ -118,11 +116,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "conv_dim": head.CONVS_DIM,
             "mask_dim": head.MASK_DIM,
             "norm": head.NORM,
-            "num_encoder_layers": head.TRANSFORMER_ENC_LAYERS,
-            "dim_feedforward": head.DEFORMABLE_DIM_FEEDFORWARD,
-            "num_heads": cfg.MODEL.MASK_FORMER.NHEADS,
+            "encoder": TransformerSettings(
+                num_layers=head.TRANSFORMER_ENC_LAYERS,
+                num_heads=cfg.MODEL.MASK_FORMER.NHEADS,
+                dim_feedforward=head.DEFORMABLE_DIM_FEEDFORWARD,
+                dropout=cfg.MODEL.MASK_FORMER.DROPOUT,
+            ),
             "num_points": head.DEFORMABLE_NUM_POINTS,
-            "dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
             "common_stride": head.COMMON_STRIDE,
         }
 

@@ -1,5 +1,7 @@
 """k-means cross-attention (paper eqs. 2-3, after kMaX-DeepLab, Yu et al. 2022).
 
+Design followed: kMaX-DeepLab's k-means cross-attention (Yu et al. 2022); written for this project, no code copied.
+
 Standard cross-attention (eq. 1) normalises attention over pixels (softmax over HW), so each query
 softly attends to every pixel. k-means cross-attention instead normalises over *queries*, and hard:
 every pixel is assigned to the one query whose mask logit is largest there (the assignment step,
@@ -18,6 +20,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from s2vnet.modeling.layers import xavier_init_
 
 
 @torch.no_grad()
@@ -60,9 +64,7 @@ class KMeansCrossAttention(nn.Module):
         self.output_proj = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d_model)
-        for layer in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        xavier_init_(self.value_proj, self.output_proj)
 
     def forward(
         self,

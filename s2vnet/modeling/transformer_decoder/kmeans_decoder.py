@@ -1,5 +1,7 @@
 """The slice decoder D of eq. 4: a Mask2Former transformer decoder with k-means cross-attention.
 
+Design followed: Mask2Former's transformer decoder (Cheng et al. 2022) with kMaX-DeepLab's k-means cross-attention; written for this project, no code copied.
+
 Queries are N learnable cluster centres plus any number of *extra* queries per slice: centroids
 handed over from the previous slice (eq. 6, 11) and centroids made from clicks (eq. 7). Each layer
 cycles over the 1/32, 1/16, 1/8 memory and applies k-means cross-attention (eqs. 2-3),
@@ -27,7 +29,9 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
+from s2vnet.modeling.layers import MLP, TransformerSettings, feedforward
 from s2vnet.modeling.position_encoding import PositionEmbeddingSine
+from s2vnet.modeling.structures import PreparedMemory
 from s2vnet.modeling.transformer_decoder.kmeans_attention import KMeansCrossAttention
 
 
@@ -50,9 +54,7 @@ class SelfAttentionLayer(nn.Module):
 class FFNLayer(nn.Module):
     def __init__(self, d_model: int, dim_feedforward: int, dropout: float = 0.0, pre_norm: bool = False):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(d_model, dim_feedforward), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim_feedforward, d_model)
-        )
+        self.net = feedforward(d_model, dim_feedforward, dropout)
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
@@ -61,22 +63,6 @@ class FFNLayer(nn.Module):
         if self.pre_norm:
             return x + self.dropout(self.net(self.norm(x)))
         return self.norm(x + self.dropout(self.net(x)))
-
-
-class MLP(nn.Module):
-    """A plain multi-layer perceptron with ReLU between layers."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x):
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 class KMeansTransformerDecoder(nn.Module):
@@ -89,18 +75,15 @@ class KMeansTransformerDecoder(nn.Module):
         num_classes: int,
         hidden_dim: int,
         num_queries: int,
-        nheads: int,
-        dim_feedforward: int,
-        dec_layers: int,
+        transformer: TransformerSettings,
         pre_norm: bool,
-        dropout: float = 0.0,
         num_feature_levels: int = 3,
         mask_position: bool = False,
     ):
         """num_classes counts background (label 0); the classifier has one more output, "no object"."""
         super().__init__()
         self.num_queries = num_queries
-        self.num_layers = dec_layers
+        self.num_layers = transformer.num_layers
         self.num_feature_levels = num_feature_levels
         self.num_classes = num_classes
         self.position_encoding = PositionEmbeddingSine(hidden_dim // 2)
@@ -112,11 +95,13 @@ class KMeansTransformerDecoder(nn.Module):
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.extra_query_embed = nn.Embedding(1, hidden_dim)
-        self.cross_attention_layers = nn.ModuleList(KMeansCrossAttention(hidden_dim, dropout) for _ in range(dec_layers))
+        self.cross_attention_layers = nn.ModuleList(KMeansCrossAttention(hidden_dim, transformer.dropout) for _ in range(self.num_layers))
         self.self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(dec_layers)
+            SelfAttentionLayer(hidden_dim, transformer.num_heads, transformer.dropout, pre_norm) for _ in range(self.num_layers)
         )
-        self.ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(dec_layers))
+        self.ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, transformer.dim_feedforward, transformer.dropout, pre_norm) for _ in range(self.num_layers)
+        )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
@@ -136,15 +121,14 @@ class KMeansTransformerDecoder(nn.Module):
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "hidden_dim": mf.HIDDEN_DIM,
             "num_queries": mf.NUM_OBJECT_QUERIES,
-            "nheads": mf.NHEADS,
-            "dim_feedforward": mf.DIM_FEEDFORWARD,
-            "dec_layers": mf.DEC_LAYERS,
+            "transformer": TransformerSettings(
+                num_layers=mf.DEC_LAYERS, num_heads=mf.NHEADS, dim_feedforward=mf.DIM_FEEDFORWARD, dropout=mf.DROPOUT
+            ),
             "pre_norm": mf.PRE_NORM,
-            "dropout": mf.DROPOUT,
             "mask_position": mf.MASK_POSITION,
         }
 
-    def prepare_memory(self, multi_scale_features: List[torch.Tensor], mask_features: torch.Tensor) -> Dict[str, list]:
+    def prepare_memory(self, multi_scale_features: List[torch.Tensor], mask_features: torch.Tensor) -> PreparedMemory:
         """Per-slice work independent of the queries: projected memory, its positions, the mask
         features (with their position code, if any) and their resampling to each memory level (for
         the k-means assignment).
@@ -165,7 +149,7 @@ class KMeansTransformerDecoder(nn.Module):
             level_mask_features.append(
                 F.interpolate(mask_features, size=feature.shape[-2:], mode="bilinear", align_corners=False)
             )
-        return {"memory": memory, "memory_pos": memory_pos, "level_mask_features": level_mask_features, "mask_features": mask_features}
+        return PreparedMemory(memory, memory_pos, level_mask_features, mask_features)
 
     def forward(
         self,
@@ -174,7 +158,7 @@ class KMeansTransformerDecoder(nn.Module):
         extra_queries: Optional[torch.Tensor] = None,
         extra_padding_mask: Optional[torch.Tensor] = None,
         all_layer_masks: Optional[bool] = None,
-        prepared_memory: Optional[Dict[str, list]] = None,
+        prepared_memory: Optional[PreparedMemory] = None,
     ) -> Dict[str, object]:
         """Decode one slice (per batch element) with N learnable and E extra queries.
 
@@ -195,7 +179,7 @@ class KMeansTransformerDecoder(nn.Module):
             all_layer_masks = self.training
         batch = mask_features.shape[0]
         prepared = prepared_memory or self.prepare_memory(multi_scale_features, mask_features)
-        mask_features = prepared["mask_features"]
+        mask_features = prepared.mask_features
 
         queries = self.query_feat.weight[None].expand(batch, -1, -1)
         query_pos = self.query_embed.weight[None].expand(batch, -1, -1)
@@ -216,9 +200,9 @@ class KMeansTransformerDecoder(nn.Module):
         predictions.append((class_logits, masks))
         for layer in range(self.num_layers):
             level = layer % self.num_feature_levels
-            assignment_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, prepared["level_mask_features"][level]).flatten(2)
+            assignment_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, prepared.level_mask_features[level]).flatten(2)
             queries = self.cross_attention_layers[layer](
-                queries, prepared["memory"][level], prepared["memory_pos"][level], assignment_logits, padding
+                queries, prepared.memory[level], prepared.memory_pos[level], assignment_logits, padding
             )
             queries = self.self_attention_layers[layer](queries, query_pos, key_padding_mask=padding)
             queries = self.ffn_layers[layer](queries)

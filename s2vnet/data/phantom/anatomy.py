@@ -1,64 +1,22 @@
-"""Synthetic CT-like abdominal phantoms for tests and the CPU demo (DESIGN §4, "Phantoms").
+"""The anatomy of one phantom: body, unlabelled distractors and labelled organs, then the scan.
 
-A phantom is a small contrast-enhanced abdominal CT, drawn from geometric primitives in physical
-millimetres and then sampled on a voxel grid:
-
-* body: elliptical outline with a flat back, subcutaneous fat, an abdominal-wall muscle layer,
-  ribs in the upper part, spine (vertebral bodies with cortex and discs, canal, posterior
-  elements), paraspinal and psoas muscles, iliac wings at the bottom, a scanner table;
-* unlabelled distractors: lung bases and the heart at the top, inferior vena cava, renal veins,
-  iliac vessels, duodenum, colon and small-bowel loops with fluid, gas and faeces;
-* labelled organs (:data:`CLASS_NAMES`): liver (with enhancing intrahepatic vessels), spleen,
-  kidneys (cortex and medulla), stomach (wall, fluid, gas), gallbladder, pancreas, aorta.
-
-Organs are deformed ellipsoids (random low-frequency perturbation of the boundary) or tubes
-along jittered polylines, with size, position and orientation jittered per case. Their
-cranio-caudal positions follow real anatomy (liver dome near the top, kidneys in the middle,
-aortic bifurcation low), so each organ appears, grows and vanishes along z and the first and
-last slices hold (almost) no organ. Intensities of several organs overlap on purpose (liver,
-spleen, pancreas, bowel wall and muscle all lie at 40-65 HU; kidney cortex, aorta, IVC and
-hepatic vessels at 100-180 HU), so segmentation needs shape and context, not a threshold.
-The image then gets partial-volume blur, a smooth gain/offset (bias) field and Gaussian noise.
-
-Geometry: arrays are ``(z, y, x)`` in the RAS convention of :mod:`s2vnet.data.volume_io`:
-``x`` increases towards the patient's right, ``y`` towards anterior, ``z`` towards superior,
-so the liver is at large ``x``, the spine at small ``y`` and the liver dome at large ``z``.
-Written with a diagonal affine ``diag(sx, sy, sz)`` (after transposing to ``(x, y, z)``), the
-NIfTI files are proper RAS volumes that any viewer shows the right way round.
-
-Spacing follows from the anatomy, which has a fixed physical size whatever the array shape:
-the slice covers the whole body (field of view about 320-510 mm, body width 290-370 mm plus
-a 6-30 % margin, square pixels) and the ``nz`` slices cover the scan range from the lung bases
-to below the aortic bifurcation (about 255-355 mm). So a (64, 128, 128) case has 2.5-4.0 mm
-pixels and 4.0-5.5 mm slices, (64, 256, 256) 1.25-2.0 mm pixels, (128, 512, 512) about 0.75 mm
-pixels and 2.5 mm slices (real CT), and (32, 64, 64) 5-8 mm pixels and 8-11 mm slices.
+:func:`generate_phantom` draws a case's habitus, scan range and field of view, paints the body
+and organs (see :mod:`s2vnet.data.phantom` for what it contains) into a float HU volume and a
+label volume, and hands the HU volume to :func:`~s2vnet.data.phantom.acquisition.acquire` for
+blur, bias and noise. Every random draw goes through one generator in a fixed order, so the
+same seed and shape always give the same arrays.
 """
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
-import re
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
-import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
-from s2vnet.utils.atomic import atomic_path, write_json_atomic
+from s2vnet.data.phantom.acquisition import acquire
+from s2vnet.data.phantom.shapes import Coords, Ellipsoid, Tube, rotation, smooth_union
 from s2vnet.utils.errors import InputError
-
-logger = logging.getLogger(__name__)
-
-PathLike = Union[str, os.PathLike]
-
-#: Bumped whenever the same seed would produce different volumes; stored in dataset.json so
-#: that resuming an old folder with a new generator is refused instead of mixing cases.
-GENERATOR_VERSION = 2  # 2: test cases are named phantom_test_NNN
 
 #: Label names; the index is the label id.
 CLASS_NAMES: tuple[str, ...] = (
@@ -112,9 +70,6 @@ MIN_SHAPE: tuple[int, int, int] = (8, 32, 32)
 _REF_HALF_WIDTH = 165.0
 _REF_HALF_DEPTH = 120.0
 
-_SPLITS = {"train": ("imagesTr", "labelsTr", 0), "test": ("imagesTs", "labelsTs", 1)}
-_CASE_PREFIX = "phantom"
-
 
 @dataclass
 class Phantom:
@@ -151,108 +106,13 @@ def phantom_affine(spacing: Sequence[float], shape: Sequence[int]) -> np.ndarray
     return affine
 
 
-# ---------------------------------------------------------------------------------------------
-# Geometric primitives
-# ---------------------------------------------------------------------------------------------
+class PaintedShape(NamedTuple):
+    """Where :meth:`_Builder.paint_inside` painted, for the layers drawn inside it."""
 
-Coords = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def _rotation(axial: float, coronal: float, sagittal: float) -> np.ndarray:
-    """3x3 matrix whose columns are the local (z, y, x) axes in world (z, y, x) coordinates.
-
-    Angles in degrees: ``axial`` turns in the y-x plane, ``coronal`` in the z-x plane,
-    ``sagittal`` in the z-y plane.
-    """
-    a, c, s = np.deg2rad([axial, coronal, sagittal])
-    r_axial = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    r_coronal = np.array([[math.cos(c), 0, -math.sin(c)], [0, 1, 0], [math.sin(c), 0, math.cos(c)]])
-    r_sagittal = np.array([[math.cos(s), -math.sin(s), 0], [math.sin(s), math.cos(s), 0], [0, 0, 1]])
-    return r_axial @ r_coronal @ r_sagittal
-
-
-@dataclass
-class _Ellipsoid:
-    """Ellipsoid with a low-frequency perturbed boundary, in world millimetres ``(z, y, x)``.
-
-    ``level`` is negative inside: ``|q| - 1 - sum_k a_k cos(w_k . q + phi_k)`` with ``q`` the
-    point in the ellipsoid's normalised frame (unit sphere), so the boundary wobbles smoothly by
-    up to ``sum(amps)`` of the radius.
-    """
-
-    centre: np.ndarray
-    radii: np.ndarray
-    axes: np.ndarray
-    waves: np.ndarray
-    phases: np.ndarray
-    amps: np.ndarray
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        half = np.sqrt(((self.axes * self.radii[None, :]) ** 2).sum(axis=1)) * (1.0 + self.amps.sum())
-        return self.centre - half, self.centre + half
-
-    def local(self, coords: Coords) -> Coords:
-        """Normalised local coordinates of the (broadcastable) world grid ``coords``."""
-        d = [coords[i] - float(self.centre[i]) for i in range(3)]
-        return tuple(
-            (float(self.axes[0, j]) * d[0] + float(self.axes[1, j]) * d[1] + float(self.axes[2, j]) * d[2])
-            / float(self.radii[j])
-            for j in range(3)
-        )
-
-    def level(self, coords: Coords, q: Optional[Coords] = None) -> np.ndarray:
-        q = self.local(coords) if q is None else q
-        out = np.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2]) - 1.0
-        for w, phase, amp in zip(self.waves, self.phases, self.amps):
-            out -= float(amp) * np.cos(float(w[0]) * q[0] + float(w[1]) * q[1] + float(w[2]) * q[2] + float(phase))
-        return out
-
-
-@dataclass
-class _Tube:
-    """Tube of varying radius along a polyline (world mm). ``level`` is a signed mm distance."""
-
-    points: np.ndarray  # (n, 3)
-    radii: np.ndarray  # (n,)
-    wobble: float = 0.0  # relative radius modulation (lobulated surfaces)
-    wave: np.ndarray = field(default_factory=lambda: np.zeros(3))  # rad/mm, world frame
-    phase: float = 0.0
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        r = (self.radii + self.wobble * self.radii.mean())[:, None]
-        return (self.points - r).min(axis=0), (self.points + r).max(axis=0)
-
-    def level(self, coords: Coords) -> np.ndarray:
-        out: Optional[np.ndarray] = None
-        for i in range(len(self.points) - 1):
-            a, b = self.points[i], self.points[i + 1]
-            ab = b - a
-            length2 = float(ab @ ab) or 1e-6
-            d = [coords[k] - float(a[k]) for k in range(3)]
-            t = (d[0] * float(ab[0]) + d[1] * float(ab[1]) + d[2] * float(ab[2])) / length2
-            np.clip(t, 0.0, 1.0, out=t)
-            dist2 = sum((d[k] - t * float(ab[k])) ** 2 for k in range(3))
-            radius = float(self.radii[i]) + t * float(self.radii[i + 1] - self.radii[i])
-            seg = np.sqrt(dist2) - radius
-            out = seg if out is None else np.minimum(out, seg)
-        assert out is not None
-        if self.wobble:
-            w = self.wave
-            mod = np.cos(float(w[0]) * coords[0] + float(w[1]) * coords[1] + float(w[2]) * coords[2] + self.phase)
-            # Radius-relative modulation, approximated with the mean radius: cheap and smooth.
-            out = out - float(self.wobble * self.radii.mean()) * mod
-        return out
-
-
-def _smooth_union(a: np.ndarray, b: np.ndarray, k: float = 0.15) -> np.ndarray:
-    """Union of two level sets with a rounded seam (polynomial smooth minimum)."""
-    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
-    return b + (a - b) * h - k * h * (1.0 - h)
-
-
-# ---------------------------------------------------------------------------------------------
-# The generator
-# ---------------------------------------------------------------------------------------------
+    box: tuple[slice, ...]  # voxel slices of the shape's bounding box
+    coords: Coords  # world coordinates of that box
+    level: np.ndarray  # the shape's level set there (negative inside)
+    mask: np.ndarray  # the voxels painted
 
 
 class _Builder:
@@ -260,7 +120,6 @@ class _Builder:
 
     def __init__(self, seed: int, shape: tuple[int, int, int]) -> None:
         self.rng = np.random.default_rng(seed)
-        self.shape = shape
         rng = self.rng
         # Truncated at 2 SD so that no case gets an implausible tissue (e.g. fat above water).
         self.hu_of = {name: m + s * float(np.clip(rng.normal(), -2.0, 2.0)) for name, (m, s) in TISSUE_HU.items()}
@@ -328,9 +187,9 @@ class _Builder:
     def box(self, lo: np.ndarray, hi: np.ndarray) -> Optional[tuple[tuple[slice, ...], Coords]]:
         """Voxel slices covering the world box [lo, hi] and the broadcastable coordinates there."""
         slices = []
-        for axis_coords, step, l, h in zip((self.z, self.y, self.x), (self.dz, self.ds, self.ds), lo, hi):
-            start = int(math.ceil((l - float(axis_coords[0])) / step))
-            stop = int(math.floor((h - float(axis_coords[0])) / step)) + 1
+        for axis_coords, step, low, high in zip((self.z, self.y, self.x), (self.dz, self.ds, self.ds), lo, hi):
+            start = int(math.ceil((low - float(axis_coords[0])) / step))
+            stop = int(math.floor((high - float(axis_coords[0])) / step)) + 1
             start, stop = max(start, 0), min(stop, len(axis_coords))
             if start >= stop:
                 return None
@@ -350,7 +209,7 @@ class _Builder:
         size_jitter: float = 0.12,
         angle_jitter: float = 8.0,
         perturbation: float = 0.10,
-    ) -> _Ellipsoid:
+    ) -> Ellipsoid:
         """A jittered, perturbed ellipsoid of the reference anatomy.
 
         ``radii`` are (z, y, x) mm for the reference adult, scaled by this case's habitus;
@@ -361,7 +220,7 @@ class _Builder:
         centre = self.point(u + du, v + dv, a + da)
         scale = np.array([self.sz, self.sy, self.sx]) * float(rng.uniform(1 - size_jitter, 1 + size_jitter))
         r = np.asarray(radii, float) * scale * rng.uniform(0.95, 1.05, 3)
-        axes = _rotation(*(np.asarray(angles, float) + rng.uniform(-angle_jitter, angle_jitter, 3)))
+        axes = rotation(*(np.asarray(angles, float) + rng.uniform(-angle_jitter, angle_jitter, 3)))
         n_waves = 3
         directions = rng.normal(size=(n_waves, 3))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
@@ -369,7 +228,7 @@ class _Builder:
         phases = rng.uniform(0.0, 2 * math.pi, n_waves)
         weights = rng.uniform(0.5, 1.0, n_waves)
         amps = weights / weights.sum() * perturbation * float(rng.uniform(0.7, 1.0))
-        return _Ellipsoid(centre, r, axes, waves, phases, amps)
+        return Ellipsoid(centre, r, axes, waves, phases, amps)
 
     def tube(
         self,
@@ -377,7 +236,7 @@ class _Builder:
         radii: Sequence[float],
         jitter: float = 6.0,
         wobble: float = 0.0,
-    ) -> _Tube:
+    ) -> Tube:
         """A tube through reference-anatomy points ``(u, v, a)``, each jittered by ``jitter`` mm."""
         rng = self.rng
         pts = np.array([self.point(u, v, a) for u, v, a in uva])
@@ -386,9 +245,9 @@ class _Builder:
         r = np.asarray(radii, float) * scale
         direction = rng.normal(size=3)
         wave = direction / np.linalg.norm(direction) * 2 * math.pi / float(rng.uniform(18.0, 30.0))
-        return _Tube(pts, r, wobble, wave, float(rng.uniform(0, 2 * math.pi)))
+        return Tube(pts, r, wobble, wave, float(rng.uniform(0, 2 * math.pi)))
 
-    def region(self, *shapes: Union[_Ellipsoid, _Tube]) -> Optional[tuple[tuple[slice, ...], Coords]]:
+    def region(self, *shapes: Union[Ellipsoid, Tube]) -> Optional[tuple[tuple[slice, ...], Coords]]:
         los, his = zip(*(s.bounds() for s in shapes))
         return self.box(np.min(los, axis=0), np.max(his, axis=0))
 
@@ -422,6 +281,29 @@ class _Builder:
         out[mask] += self.rng.normal(0.0, sd, int(mask.sum())).astype(np.float32)
         return out
 
+    def paint_inside(
+        self,
+        shape: Union[Ellipsoid, Tube],
+        hu: float,
+        label: Optional[int] = None,
+        mottle_sd: Optional[float] = None,
+        within: Optional[np.ndarray] = None,
+    ) -> Optional[PaintedShape]:
+        """Paint one tissue inside ``shape`` and ``within`` (default: the abdominal cavity).
+
+        ``label`` is as in :meth:`paint`; with ``mottle_sd`` the tissue gets a :meth:`mottled`
+        texture of that many HU. Returns where it painted, for inner layers (walls with a lumen,
+        cortex with marrow), or None if the shape lies outside the scan.
+        """
+        hit = self.region(shape)
+        if hit is None:
+            return None
+        sl, c = hit
+        level = shape.level(c)
+        mask = (level < 0) & (self.cavity if within is None else within)[sl]
+        self.paint(sl, mask, hu if mottle_sd is None else self.mottled(mask, hu, mottle_sd), label)
+        return PaintedShape(sl, c, level, mask)
+
     # -- anatomy -----------------------------------------------------------------------------
 
     def build(self) -> Phantom:
@@ -440,7 +322,7 @@ class _Builder:
         # Labels live in the abdominal cavity only; everything drawn there already respects
         # that, this makes the guarantee independent of drawing order.
         self.lab[~self.cavity] = 0
-        image = self._acquire()
+        image = acquire(self.hu, self.rng)
         return Phantom(image=image, labels=self.lab, spacing=(self.dz, self.ds, self.ds), class_names=list(CLASS_NAMES))
 
     def _body(self) -> None:
@@ -483,27 +365,16 @@ class _Builder:
         """Lung bases (posterior recesses reach lowest) and the heart on the diaphragm."""
         for side in (1.0, -1.0):
             lung = self.ellipsoid(0.5 * side, -0.25, -60.0 + (8.0 if side < 0 else 0.0), (95, 70, 55), (0, 0, -12))
-            hit = self.region(lung)
-            if hit is None:
-                continue
-            sl, c = hit
-            mask = (lung.level(c) < 0) & self.cavity[sl]
-            self.paint(sl, mask, self.mottled(mask, self.hu_of["lung"], 35.0))
+            self.paint_inside(lung, self.hu_of["lung"], mottle_sd=35.0)
         heart = self.ellipsoid(-0.15, 0.3, -50.0, (45, 45, 55), (-20, 0, 0))
-        hit = self.region(heart)
-        if hit is not None:
-            sl, c = hit
-            self.paint(sl, (heart.level(c) < 0) & self.cavity[sl], self.hu_of["heart"])
+        self.paint_inside(heart, self.hu_of["heart"])
 
-    def _gut_segment(self, tube: _Tube, wall_mm: float, content: str) -> None:
-        hit = self.region(tube)
-        if hit is None:
+    def _gut_segment(self, tube: Tube, wall_mm: float, content: str) -> None:
+        painted = self.paint_inside(tube, self.hu_of["gut_wall"])
+        if painted is None:
             return
-        sl, c = hit
-        level = tube.level(c)
-        outer = (level < 0) & self.cavity[sl]
+        sl, c, level, outer = painted
         lumen = outer & (level < -wall_mm)
-        self.paint(sl, outer, self.hu_of["gut_wall"])
         if not lumen.any():
             return
         if content == "fluid":
@@ -511,7 +382,7 @@ class _Builder:
         elif content == "faeces":
             # Mottled stool with gas bubbles: a lattice pattern in millimetres, so the texture
             # has the same physical grain at every pixel size.
-            axes = _rotation(*self.rng.uniform(0.0, 180.0, 3))
+            axes = rotation(*self.rng.uniform(0.0, 180.0, 3))
             k = 2 * math.pi / float(self.rng.uniform(9.0, 15.0))
             pattern = np.ones(lumen.shape, np.float32)
             for j in range(3):
@@ -567,7 +438,7 @@ class _Builder:
         if hit is None:
             return
         sl, c = hit
-        level = _smooth_union(right.level(c), left.level(c))
+        level = smooth_union(right.level(c), left.level(c))
         mask = (level < 0) & self.cavity[sl]
         # Slow parenchymal heterogeneity (a few HU), so the liver is not a flat plateau.
         phase = float(self.rng.uniform(0, 6.3))
@@ -601,25 +472,16 @@ class _Builder:
             self.tube([(0.15, -0.22, 160), (-0.02, -0.12, 158), (-0.28, -0.32, 160)], [5.0, 5.0, 4.0], jitter=4.0),
         ]
         for tube in [ivc, *renal]:
-            hit = self.region(tube)
-            if hit is None:
-                continue
-            sl, c = hit
-            self.paint(sl, (tube.level(c) < 0) & self.cavity[sl], self.hu_of["vein"], label=0)
+            self.paint_inside(tube, self.hu_of["vein"], label=0)
 
     def _gallbladder(self) -> None:
         """Pear-shaped, in the fossa under the liver, fundus pointing anterior-inferior."""
         gb = self.ellipsoid(
             0.24, 0.36, 150.0, (36, 14, 15), (10, 0, -50), pos_jitter=(0.04, 0.04, 8.0), perturbation=0.06
         )
-        hit = self.region(gb)
-        if hit is None:
-            return
-        sl, c = hit
-        level = gb.level(c)
-        mask = (level < 0) & self.cavity[sl]
-        self.paint(sl, mask, self.hu_of["gallbladder_wall"], LABEL_IDS["gallbladder"])
-        self.paint(sl, mask & (level < -0.18), self.hu_of["bile"])
+        wall = self.paint_inside(gb, self.hu_of["gallbladder_wall"], LABEL_IDS["gallbladder"])
+        if wall is not None:
+            self.paint(wall.box, wall.mask & (wall.level < -0.18), self.hu_of["bile"])
 
     def _stomach(self) -> None:
         """Fundus, body and antrum (a J): wall, dependent fluid and anterior gas; all labelled."""
@@ -634,7 +496,7 @@ class _Builder:
         sl, c = hit
         level = parts[0].level(c)
         for part in parts[1:]:
-            level = _smooth_union(level, part.level(c))
+            level = smooth_union(level, part.level(c))
         mask = (level < 0) & self.cavity[sl]
         self.paint(sl, mask, self.hu_of["gut_wall"], LABEL_IDS["stomach"])
         lumen = mask & (level < -0.12)
@@ -654,13 +516,8 @@ class _Builder:
         inward = -spleen.centre[1:] / (np.linalg.norm(spleen.centre[1:]) + 1e-6)
         axis_x = spleen.axes[1:, 2]
         sign = 1.0 if float(inward @ axis_x) > 0 else -1.0
-        bite = _Ellipsoid(
-            spleen.centre + spleen.axes[:, 2] * sign * 1.15 * spleen.radii[2],
-            spleen.radii * np.array([0.85, 0.7, 0.75]),
-            spleen.axes,
-            np.zeros((0, 3)),
-            np.zeros(0),
-            np.zeros(0),
+        bite = Ellipsoid.smooth(
+            spleen.centre + spleen.axes[:, 2] * sign * 1.15 * spleen.radii[2], spleen.radii * np.array([0.85, 0.7, 0.75]), spleen.axes
         )
         hit = self.region(spleen)
         if hit is None:
@@ -677,12 +534,7 @@ class _Builder:
             jitter=6.0,
             wobble=0.15,
         )
-        hit = self.region(pancreas)
-        if hit is None:
-            return
-        sl, c = hit
-        mask = (pancreas.level(c) < 0) & self.cavity[sl]
-        self.paint(sl, mask, self.mottled(mask, self.hu_of["pancreas"], 8.0), LABEL_IDS["pancreas"])
+        self.paint_inside(pancreas, self.hu_of["pancreas"], LABEL_IDS["pancreas"], mottle_sd=8.0)
 
     def _kidneys(self) -> None:
         """Both kidneys (one class): cortex, medullary pyramids, a medial hilum notch."""
@@ -692,13 +544,8 @@ class _Builder:
             )
             medial = np.array([0.0, 0.35, -side])  # world (z, y, x): medial and a bit anterior
             medial /= np.linalg.norm(medial)
-            hilum = _Ellipsoid(
-                kidney.centre + medial * 0.95 * kidney.radii[2],
-                kidney.radii * np.array([0.4, 0.45, 0.5]),
-                kidney.axes,
-                np.zeros((0, 3)),
-                np.zeros(0),
-                np.zeros(0),
+            hilum = Ellipsoid.smooth(
+                kidney.centre + medial * 0.95 * kidney.radii[2], kidney.radii * np.array([0.4, 0.45, 0.5]), kidney.axes
             )
             hit = self.region(kidney)
             if hit is None:
@@ -726,20 +573,13 @@ class _Builder:
             [13.0, 12.5, 11.5, 10.5, 9.5],
             jitter=4.0,
         )
-        hit = self.region(aorta)
-        if hit is not None:
-            sl, c = hit
-            self.paint(sl, (aorta.level(c) < 0) & self.cavity[sl], self.hu_of["aorta"], LABEL_IDS["aorta"])
+        self.paint_inside(aorta, self.hu_of["aorta"], LABEL_IDS["aorta"])
         bif = aorta.points[-1]
         bif_uva = (bif[2] / self.W, bif[1] / self.D, (self.z[-1] - bif[0] + self.a_top) / self.sz)
         for side in (1.0, -1.0):
             iliac = self.tube([bif_uva, (0.35 * side, -0.25, bif_uva[2] + 90)], [7.0, 6.0], jitter=3.0)
             iliac.points[0] = bif  # start exactly at the bifurcation
-            hit = self.region(iliac)
-            if hit is None:
-                continue
-            sl, c = hit
-            self.paint(sl, (iliac.level(c) < 0) & self.cavity[sl], self.hu_of["aorta"], label=0)
+            self.paint_inside(iliac, self.hu_of["aorta"], label=0)
 
     def _skeleton(self) -> None:
         """Spine, paraspinal and psoas muscles, iliac wings, ribs: drawn last, clearing labels."""
@@ -760,10 +600,7 @@ class _Builder:
                 [3.0, 26.0],
                 jitter=3.0,
             )
-            hit = self.region(psoas)
-            if hit is not None:
-                sl, c = hit
-                self.paint(sl, (psoas.level(c) < 0) & self.cavity[sl], muscle, label=0)
+            self.paint_inside(psoas, muscle, label=0)
 
         hit = self.box(
             np.array([-1e9, canal_y - 70.0 * scale, -90.0 * scale]), np.array([1e9, vb_y + vb_ry * 1.3, 90.0 * scale])
@@ -806,14 +643,9 @@ class _Builder:
                 0.6 * side, -0.3, 375.0, (95, 70, 13), (-35 * side, 0, 0),
                 pos_jitter=(0.03, 0.03, 10.0), perturbation=0.05,
             )
-            hit = self.region(wing)
-            if hit is None:
-                continue
-            sl, c = hit
-            level = wing.level(c)
-            inside = (level < 0) & self.under_skin[sl]
-            self.paint(sl, inside, cortex, label=0)
-            self.paint(sl, inside & (level < -0.25), marrow)
+            bone = self.paint_inside(wing, cortex, label=0, within=self.under_skin)
+            if bone is not None:
+                self.paint(bone.box, bone.mask & (bone.level < -0.25), marrow)
 
         # Ribs: stripes in the muscle wall that descend from the spine towards the front.
         top = self.a_k < 175.0 * self.sz
@@ -833,41 +665,13 @@ class _Builder:
             self.hu[ks][sel] = self.hu_of["rib"]
             self.lab[ks][sel] = 0
 
-    def _acquire(self) -> np.ndarray:
-        """Partial-volume blur, smooth gain/offset field, noise; rounded to int16 HU."""
-        rng = self.rng
-        nz, ny, nx = self.shape
-        # Partial volume, in voxels: the in-plane PSF spreads over neighbouring pixels, while
-        # the slice profile is mostly the slice itself, so z gets the smaller sigma.
-        in_plane = float(rng.uniform(0.4, 0.8))
-        sigma = (float(rng.uniform(0.3, 0.6)), in_plane, in_plane)
-        img = ndimage.gaussian_filter(self.hu, sigma, mode="nearest", truncate=2.5)
 
-        def smooth_field() -> np.ndarray:
-            """Sum of two separable products of random low-order cosine series, max |f| = 1."""
+def check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    """The phantom shape ``(z, y, x)`` as three ints, checked against :data:`MIN_SHAPE`.
 
-            def series(n: int) -> np.ndarray:
-                t = np.linspace(0.0, 1.0, n, dtype=np.float32)
-                c = rng.normal(0.0, 1.0, 3)
-                out = c[0] * np.cos(math.pi * t) + c[1] * np.cos(2 * math.pi * t) + c[2] * np.sin(math.pi * t)
-                return out.astype(np.float32)
-
-            f = np.zeros((nz, ny, nx), np.float32)
-            for _ in range(2):
-                f += series(nz)[:, None, None] * series(ny)[None, :, None] * series(nx)[None, None, :]
-            return f / max(float(np.abs(f).max()), 1e-6)
-
-        # Bias: the gain acts on attenuation (HU + 1000), so air stays air while soft tissue
-        # drifts by up to ~20 HU across the volume; an independent offset adds up to ~10 HU.
-        img += (img + 1000.0) * (smooth_field() * float(rng.uniform(0.005, 0.02)))
-        img += smooth_field() * float(rng.uniform(3.0, 10.0))
-        noise_sd = float(rng.uniform(10.0, 25.0))
-        img += rng.standard_normal(self.shape, dtype=np.float32) * noise_sd
-        np.clip(np.rint(img, out=img), -1024, 3071, out=img)
-        return img.astype(np.int16)
-
-
-def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    Raises:
+        InputError: not three integers, or smaller than :data:`MIN_SHAPE`.
+    """
     try:
         dims = tuple(shape)
     except TypeError:
@@ -880,7 +684,12 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
-def _check_seed(seed: int, what: str = "seed") -> int:
+def check_seed(seed: int, what: str = "seed") -> int:
+    """``seed`` as an int; ``what`` names it in the error.
+
+    Raises:
+        InputError: a negative, non-integer or boolean seed.
+    """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"phantom {what} {seed!r} must be a non-negative integer")
     return int(seed)
@@ -892,7 +701,7 @@ def generate_phantom(seed: int, shape: tuple[int, int, int] = DEFAULT_SHAPE) -> 
     Args:
         seed: any non-negative integer; the same seed and shape always give identical arrays.
         shape: ``(z, y, x)`` voxels, at least :data:`MIN_SHAPE`. The anatomy is the same
-            physical size whatever the shape; the spacing adapts (see the module docstring).
+            physical size whatever the shape; the spacing adapts (see :mod:`s2vnet.data.phantom`).
 
     Returns:
         A :class:`Phantom` with ``int16`` HU image, ``uint8`` labels (:data:`CLASS_NAMES`),
@@ -901,214 +710,6 @@ def generate_phantom(seed: int, shape: tuple[int, int, int] = DEFAULT_SHAPE) -> 
     Raises:
         InputError: negative or non-integer seed, malformed or too small shape.
     """
-    seed = _check_seed(seed)
-    dims = _check_shape(shape)
+    seed = check_seed(seed)
+    dims = check_shape(shape)
     return _Builder(seed, dims).build()
-
-
-# ---------------------------------------------------------------------------------------------
-# nnU-Net v2 raw dataset
-# ---------------------------------------------------------------------------------------------
-
-
-def case_seed(seed: int, split: str, index: int) -> int:
-    """Seed of case ``index`` of ``split`` ("train" or "test") in a dataset made with ``seed``.
-
-    Derived through :class:`numpy.random.SeedSequence` with the split in the spawn key, so
-    training and test cases come from disjoint, independent streams.
-    """
-    if split not in _SPLITS:
-        raise InputError(f"phantom split {split!r} must be one of {sorted(_SPLITS)}")
-    sequence = np.random.SeedSequence(entropy=_check_seed(seed), spawn_key=(_SPLITS[split][2], int(index)))
-    return int(sequence.generate_state(1, dtype=np.uint64)[0])
-
-
-def _case_id(split: str, index: int) -> str:
-    # Test cases get their own names so that reports never confuse them with training cases.
-    return f"{_CASE_PREFIX}_{index:03d}" if split == "train" else f"{_CASE_PREFIX}_{split}_{index:03d}"
-
-
-def _case_paths(root: Path, split: str, index: int) -> tuple[Path, Path]:
-    images, labels, _ = _SPLITS[split]
-    case = _case_id(split, index)
-    return root / images / f"{case}_0000.nii.gz", root / labels / f"{case}.nii.gz"
-
-
-def _save_nifti(array_zyx: np.ndarray, spacing: Sequence[float], path: Path) -> None:
-    affine = phantom_affine(spacing, array_zyx.shape)
-    # .T of a C-ordered (z, y, x) array is a Fortran-ordered (x, y, z) view: exactly the
-    # layout NIfTI stores, so nibabel writes it without another copy.
-    img = nib.Nifti1Image(array_zyx.T, affine)
-    img.header.set_data_dtype(array_zyx.dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
-
-
-def _write_case(
-    root: Path, split: str, index: int, seed: int, shape: tuple[int, int, int], overwrite: bool
-) -> tuple[str, str, bool]:
-    """Generate and write one case unless both its files exist. Returns (split, case id, written)."""
-    image_path, label_path = _case_paths(root, split, index)
-    if not overwrite and image_path.exists() and label_path.exists():
-        return split, _case_id(split, index), False
-    phantom = generate_phantom(case_seed(seed, split, index), shape)
-    _save_nifti(phantom.image, phantom.spacing, image_path)
-    _save_nifti(phantom.labels, phantom.spacing, label_path)
-    return split, _case_id(split, index), True
-
-
-def _dataset_json(num_train: int, num_test: int, seed: int, shape: tuple[int, int, int]) -> dict:
-    return {
-        "name": "S2VNetPhantom",
-        "description": (
-            "SYNTHETIC data: CT-like abdominal phantoms generated by s2vnet.data.phantom (geometric "
-            "organ models with realistic HU, noise, blur and bias; no patient data). For tests and "
-            "the CPU demo, not for benchmarking."
-        ),
-        "channel_names": {"0": "CT"},
-        "labels": {name: i for i, name in enumerate(CLASS_NAMES)},
-        "numTraining": num_train,
-        "numTest": num_test,
-        "file_ending": ".nii.gz",
-        "phantom": {"generator": __name__, "version": GENERATOR_VERSION, "seed": seed, "shape_zyx": list(shape)},
-    }
-
-
-def _check_existing(root: Path, seed: int, shape: tuple[int, int, int], overwrite: bool) -> None:
-    """Refuse to write into a folder that holds another dataset, or to resume other settings.
-
-    A folder whose dataset.json is not ours is refused even with ``overwrite``: that flag means
-    "regenerate the phantoms", not "clobber someone's data". Unreadable or mismatching phantom
-    metadata only blocks a resume.
-    """
-    path = root / "dataset.json"
-    if not path.exists():
-        return
-    try:
-        existing = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        if overwrite:
-            return
-        raise InputError(
-            f"{path}: cannot read the existing dataset.json ({exc}); pass overwrite=True or use another folder"
-        ) from None
-    info = existing.get("phantom") if isinstance(existing, dict) else None
-    if not isinstance(info, dict) or info.get("generator") != __name__:
-        raise InputError(
-            f"{path}: the folder holds a dataset that is not a phantom dataset; refusing to write phantoms into it"
-        )
-    expected = {"version": GENERATOR_VERSION, "seed": seed, "shape_zyx": list(shape)}
-    found = {key: info.get(key) for key in expected}
-    if found != expected and not overwrite:
-        raise InputError(
-            f"{path}: existing phantoms were generated with {found}, this call asks for {expected}; "
-            "resuming would mix cases. Pass overwrite=True or use another folder"
-        )
-
-
-def _warn_stray_cases(root: Path, split: str, count: int) -> None:
-    images, _, _ = _SPLITS[split]
-    pattern = re.compile(rf"{_CASE_PREFIX}_(\d+)_0000\.nii\.gz$")
-    stray = []
-    for path in (root / images).glob(f"{_CASE_PREFIX}_*_0000.nii.gz"):
-        match = pattern.match(path.name)
-        if match and int(match.group(1)) >= count:
-            stray.append(path.name)
-    if stray:
-        logger.warning(
-            "%s/%s holds %d case(s) beyond the %d requested (e.g. %s); nnU-Net will see them",
-            root,
-            images,
-            len(stray),
-            count,
-            sorted(stray)[0],
-        )
-
-
-ProgressCallback = Callable[[str, str, bool], None]
-
-
-def write_phantom_dataset(
-    out_dir: PathLike,
-    num_train: int,
-    num_test: int = 0,
-    seed: int = 0,
-    shape: tuple[int, int, int] = DEFAULT_SHAPE,
-    workers: int = 1,
-    overwrite: bool = False,
-    progress: Optional[ProgressCallback] = None,
-) -> Path:
-    """Write phantoms as an nnU-Net v2 raw dataset (``imagesTr``, ``labelsTr``, ``imagesTs``, ...).
-
-    Case ``i`` of each split is ``phantom_{i:03d}`` (image ``phantom_{i:03d}_0000.nii.gz``,
-    int16 HU; label ``phantom_{i:03d}.nii.gz``, uint8), RAS with a diagonal affine holding the
-    spacing. Test cases use seeds from a separate stream (:func:`case_seed`), so no test case
-    equals a training case. Cases whose two files exist are skipped (the run is resumable)
-    unless ``overwrite``; every file is written atomically; ``dataset.json`` comes last.
-
-    Args:
-        out_dir: dataset folder (created if needed).
-        num_train: number of training cases (>= 1).
-        num_test: number of test cases (>= 0).
-        seed: dataset seed; the per-case seeds derive from it.
-        shape: ``(z, y, x)`` of every case.
-        workers: processes used for generation (1 = in this process).
-        overwrite: regenerate existing cases, even ones made with other settings (a folder
-            holding a dataset that is not a phantom dataset is refused all the same).
-        progress: called in this process after each case as ``progress(split, case_id, written)``.
-
-    Returns:
-        The dataset folder.
-
-    Raises:
-        InputError: bad counts, seed, shape or workers; ``out_dir`` is a file; the folder
-            holds a different dataset or phantoms made with other settings.
-    """
-    for name, value, minimum in (("num_train", num_train, 1), ("num_test", num_test, 0), ("workers", workers, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise InputError(f"phantom dataset {name}={value!r} must be an integer >= {minimum}")
-    seed = _check_seed(seed)
-    dims = _check_shape(shape)
-    root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise InputError(f"phantom dataset folder {root} exists and is not a directory")
-    _check_existing(root, seed, dims, overwrite)
-    root.mkdir(parents=True, exist_ok=True)
-
-    jobs = [("train", i) for i in range(int(num_train))] + [("test", i) for i in range(int(num_test))]
-    written = 0
-
-    def done(result: tuple[str, str, bool]) -> None:
-        nonlocal written
-        written += int(result[2])
-        if progress is not None:
-            progress(*result)
-
-    if workers == 1 or len(jobs) <= 1:
-        for split, index in jobs:
-            done(_write_case(root, split, index, seed, dims, overwrite))
-    else:
-        with ProcessPoolExecutor(max_workers=min(int(workers), len(jobs))) as pool:
-            futures = [pool.submit(_write_case, root, split, index, seed, dims, overwrite) for split, index in jobs]
-            for future in as_completed(futures):
-                done(future.result())
-
-    _warn_stray_cases(root, "train", int(num_train))
-    _warn_stray_cases(root, "test", int(num_test))
-    meta = _dataset_json(int(num_train), int(num_test), seed, dims)
-    meta_path = root / "dataset.json"
-    # Rewritten only when it changes, so a resumed run that adds nothing touches nothing.
-    if overwrite or not meta_path.exists() or json.loads(meta_path.read_text()) != meta:
-        write_json_atomic(meta_path, meta)
-    logger.debug(
-        "phantom dataset %s: %d train + %d test cases, %d written, %d already present",
-        root,
-        num_train,
-        num_test,
-        written,
-        len(jobs) - written,
-    )
-    return root

@@ -1,4 +1,4 @@
-"""What each simulated click did, for the interactive evaluation's reports.
+"""What each simulated click did, for the interactive evaluation's reports (``--diagnostics``).
 
 The interactive DSC per round says how much the clicks helped, not why. These records say, per
 click: was its own voxel wrong before the round, is it right after, and what did eq. 9's fused
@@ -27,6 +27,7 @@ Later clicks are on a wrong voxel by construction. Two classes' error regions ca
 deepest voxel (one organ's false positive is another's false negative); the protocol then clicks
 it twice in one round, which is one click of the user's and is recorded once.
 """
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
@@ -34,6 +35,7 @@ import torch
 from scipy import ndimage
 
 from s2vnet.data.clicks import Click, inplane_depth
+from s2vnet.utils.arrays import mask_box
 
 # Each kind of click, with how summary.md names it.
 CLICK_KINDS = {
@@ -93,7 +95,7 @@ def error_region(click: Click, gt: np.ndarray, labels_before: np.ndarray) -> Opt
     same = (gt == true) & (labels_before == predicted)
     # Labelling only the errors' bounding box keeps this cheap on large CT volumes: one of the two
     # labels is an organ, so the box is at most that organ's.
-    box = ndimage.find_objects(same.view(np.uint8), max_label=1)[0]
+    box = mask_box(same)
     components, _ = ndimage.label(same[box])  # face connectivity, as the protocol's
     region = np.zeros_like(same)
     inside = tuple(index - s.start for index, s in zip((click.z, click.y, click.x), box))
@@ -141,6 +143,37 @@ def click_records(
             "error_depth_px": None if region is None else float(inplane_depth(region[click.z])[click.y, click.x]),
         })
     return records
+
+
+@dataclass
+class ClickRecorder:
+    """Collects, round by round, the click records (:func:`click_records`) and round changes
+    (:func:`round_change`) of one case's interactive evaluation.
+
+    Call :meth:`before_round` with a round's clicks before they are given to the session, and
+    :meth:`after_round` once the session has decoded them.
+    """
+
+    case: str
+    class_names: Sequence[str]
+    gt: np.ndarray
+    records: List[Dict] = field(default_factory=list)
+    round_changes: List[Dict] = field(default_factory=list)
+    _scores_before: List[np.ndarray] = field(default_factory=list, init=False, repr=False)
+
+    def before_round(self, session: FusedScores, clicks: Sequence[Click]) -> None:
+        """Read the fused scores at the round's clicks before the session sees them."""
+        self._scores_before = fused_scores_at(session, clicks)
+
+    def after_round(
+        self, session: FusedScores, round_index: int, clicks: Sequence[Click], labels_before: np.ndarray, labels_after: np.ndarray
+    ) -> None:
+        """Record what the round's clicks did, from the labels before and after it."""
+        scores_after = fused_scores_at(session, clicks)
+        self.records += click_records(
+            self.case, round_index, clicks, labels_before, labels_after, self._scores_before, scores_after, self.class_names, self.gt
+        )
+        self.round_changes.append(round_change(self.case, round_index, labels_before, labels_after, self.gt, clicks))
 
 
 #: Bins of :func:`round_change`: how many slices a changed voxel lies from the nearest click of

@@ -1,4 +1,4 @@
-"""Speed and memory measurements behind ``tools/benchmark.py`` (DESIGN §8).
+"""What the benchmark measures (``tools/benchmark.py``), one measurement per process.
 
 Every measurement runs in a fresh process (``spawn``), so that its peak memory is its own: process
 RSS high-water mark on CPU (``VmHWM``), ``torch.cuda.max_memory_allocated`` on GPU. Inside it,
@@ -12,94 +12,15 @@ the hand-over threshold to 0: every foreground class a query predicts is tracked
 slice, an upper bound on the cost of propagation. The number of live tracks is reported.
 """
 import contextlib
-import logging
-import os
-import resource
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import replace
+from typing import Dict, List
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------ memory
-def _vm_hwm_mb() -> Optional[float]:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
-def _vm_rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux >= 4.0: writing 5 resets the RSS high-water mark to the current RSS
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        logger.warning("cannot reset the RSS high-water mark; peak memory includes set-up")
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return _vm_hwm_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_runs(function: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Dict[str, object]:
-    """Median seconds over ``repeats`` runs after ``warmup``; peak memory over the timed runs."""
-    for _ in range(warmup):
-        function()
-    _sync(device)
-    before = _vm_rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
-    _reset_peak(device)
-    seconds = [_seconds(function, device) for _ in range(repeats)]
-    return {"seconds": seconds, "median_s": statistics.median(seconds), "peak_mb": _peak_mb(device), "memory_before_mb": before}
-
-
-def alternating_runs(first: Callable[[], object], second: Callable[[], object], device: torch.device, repeats: int) -> Tuple[float, float]:
-    """Median seconds of ``first`` and of ``second``, run alternately ``repeats`` times each (after
-    one warm-up of each): a ratio of the two then sees the same machine state, which separate
-    measurement processes on a shared machine do not. The order flips every pair (ABBA...), so
-    neither always runs on the caches the other left."""
-    first(), second()
-    _sync(device)
-    functions = (first, second)
-    times: Tuple[List[float], List[float]] = ([], [])
-    for repeat in range(repeats):
-        for which in ((0, 1) if repeat % 2 == 0 else (1, 0)):
-            times[which].append(_seconds(functions[which], device))
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
-def _seconds(function: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call, with the device's queued work finished before it returns."""
-    start = time.perf_counter()
-    function()
-    _sync(device)
-    return time.perf_counter() - start
+from s2vnet.benchmark.timing import alternating_runs, synchronize, timed_runs
 
 
 # ------------------------------------------------------------------ set-up inside a measurement process
@@ -110,7 +31,7 @@ def _setup(options: Dict) -> Dict:
     from s2vnet.data.phantom import generate_phantom
 
     torch.set_num_threads(options["threads"])
-    overrides = list(options["opts"]) + ["MODEL.DEVICE", options["device"], "MODEL.S2VNET.TEST.SLICE_BATCH_SIZE", str(options["slice_batch"])]
+    overrides = list(options["opts"]) + ["MODEL.DEVICE", options["device"], "TEST.SLICE_BATCH_SIZE", str(options["slice_batch"])]
     cfg = load_config(options["config_file"], overrides)
     phantom = generate_phantom(0, (options["slices"], options["height"], options["width"]))
     volume = normalize_intensity(phantom.image.astype(np.float32), "CT")
@@ -123,7 +44,7 @@ def _predictor(cfg, worst_case_tracks: bool):
     torch.manual_seed(0)
     predictor = load_predictor(cfg, require_weights=False)
     if worst_case_tracks and not cfg.MODEL.WEIGHTS:
-        predictor.model.handover_threshold = 0.0
+        predictor.model.propagation = replace(predictor.model.propagation, score_threshold=0.0)
     return predictor
 
 
@@ -152,14 +73,14 @@ def measure(kind: str, options: Dict) -> Dict:
     if kind in ("s2vnet", "baseline"):
         predictor = _predictor(cfg, worst_case_tracks=True)
         if kind == "baseline":  # the paper's "Baseline": the same weights, no association between slices
-            predictor.model.propagation = False
+            predictor.model.propagation = replace(predictor.model.propagation, enabled=False)
         counter = _TrackCounter(predictor)
         with torch.inference_mode():
             record.update(timed_runs(lambda: predictor.predict_automatic(volume), device, warmup, repeats))
         record["mean_live_tracks"] = float(np.mean(counter.counts)) if counter.counts else 0.0
         if kind == "baseline":  # propagation's cost: passes with and without it, alternately, in this process
             def automatic_pass(propagation: bool) -> None:
-                predictor.model.propagation = propagation
+                predictor.model.propagation = replace(predictor.model.propagation, enabled=propagation)
                 predictor.predict_automatic(volume)
 
             with torch.inference_mode():
@@ -280,11 +201,11 @@ def _profile_modules(cfg, volume: np.ndarray, device: torch.device) -> Dict:
 
     def hooks(name):
         def pre(*_):
-            _sync(device)
+            synchronize(device)
             starts[name] = time.perf_counter()
 
         def post(*_):
-            _sync(device)
+            synchronize(device)
             totals[name] = totals.get(name, 0.0) + time.perf_counter() - starts[name]
 
         return pre, post
@@ -300,10 +221,10 @@ def _profile_modules(cfg, volume: np.ndarray, device: torch.device) -> Dict:
     original = model.pixel_decoder.forward_features
 
     def timed_forward_features(features):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         result = original(features)
-        _sync(device)
+        synchronize(device)
         totals["pixel_decoder"] = totals.get("pixel_decoder", 0.0) + time.perf_counter() - start
         return result
 
@@ -313,7 +234,7 @@ def _profile_modules(cfg, volume: np.ndarray, device: torch.device) -> Dict:
         totals.clear()
         start = time.perf_counter()
         predictor.predict_automatic(volume)
-        _sync(device)
+        synchronize(device)
         total = time.perf_counter() - start
     for handle in handles:
         handle.remove()
