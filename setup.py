@@ -28,7 +28,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["s2vnet", "s2vnet.*"]),
-    package_data={"s2vnet": ["data/datasets/splits/*.json"]},
+    package_data={"s2vnet": ["data/datasets/splits/*.json", "data/segment_codes.json"]},
     # Detectron2 is installed by scripts/setup.sh: it is not on PyPI under its own name.
     install_requires=read_requirements("requirements.txt"),
     extras_require={

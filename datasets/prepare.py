@@ -6,7 +6,9 @@
 
 Reads every volume of DATASETS.TRAIN and DATASETS.TEST (or --datasets) once and writes uint8
 image/label arrays plus metadata under DATASETS.CACHE_DIR. Resumable: finished volumes are
-skipped; each volume is written atomically. Volumes that fail (corrupt file, NaN voxels, label and
+skipped unless their image or label file, or the settings that shape the cache (modality, classes,
+ignore label), changed since; each volume is written atomically, and folders left by a killed run
+are removed (docs/reliability.md). Volumes that fail (corrupt file, NaN voxels, label and
 image grids that disagree, labels outside the class list) are reported at the end, with the file
 and the problem, and the exit code is 1; the other volumes are still prepared.
 """

@@ -1,56 +1,28 @@
 """Compatibility shims for running Detectron2 v0.6 on current PyTorch, NumPy and Pillow.
 
-Two things break when Detectron2 v0.6 is installed from the PyPI sdist without its C++ extension
-(see scripts/setup.sh and docs/installation.md); both are fixed here and nowhere else:
+Two things break when Detectron2 v0.6 is installed from the PyPI sdist without its C++ extension.
+``scripts/setup.sh`` now patches both in the build itself, so the installed package imports on its
+own (without S2VNet); the shims here remain for Detectron2 installs made before that patch:
 
 1. ``PIL.Image.LINEAR`` was removed in Pillow 10, but ``detectron2/data/transforms/transform.py``
    uses it as a default argument, so the module fails at import time. It was always an alias of
-   ``BILINEAR``; we restore that alias.
+   ``BILINEAR``; we restore that alias. (The build replaces it with ``BILINEAR`` in the sources.)
 2. ``detectron2/layers/{deform_conv,rotated_boxes,roi_align_rotated}.py`` import ``detectron2._C``
-   at module level. Without the compiled extension we register a stand-in module whose attributes
-   raise a clear error if anything ever calls a C++ op. S2VNet calls none of them.
+   at module level. Without the compiled extension we register :mod:`s2vnet.detectron2_c_stub`
+   under that name, whose ops raise a clear error if anything ever calls one. S2VNet calls none
+   of them. (The build installs the same stub as ``detectron2/_C.py``.)
 
-Each shim is applied only when needed: a Detectron2 built with its extension, or a Pillow that
-still has ``LINEAR``, is left untouched.
+Each shim is applied only when needed: a Detectron2 built with its extension or with the stub,
+or a Pillow that still has ``LINEAR``, is left untouched.
 """
+import importlib
 import importlib.util
 import logging
 import sys
-import types
 
 logger = logging.getLogger(__name__)
 
-_STUB_NAME = "detectron2._C"
-
-
-class _MissingCppExtension(types.ModuleType):
-    """Stands in for ``detectron2._C`` when Detectron2 was built without C++ ops.
-
-    The three build-information functions that ``detectron2.utils.collect_env`` (run by
-    ``default_setup`` at the start of training) queries answer truthfully that nothing was
-    compiled; every other attribute raises a clear error.
-    """
-
-    @staticmethod
-    def get_compiler_version() -> str:
-        return "none (Python-only Detectron2 build)"
-
-    @staticmethod
-    def get_cuda_version() -> str:
-        return "none (Python-only Detectron2 build)"
-
-    @staticmethod
-    def has_cuda() -> bool:
-        return False
-
-    def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise RuntimeError(
-            f"detectron2._C.{name} is unavailable: this Detectron2 was installed without its C++ "
-            "extension (scripts/setup.sh fallback). S2VNet does not use these ops; install "
-            "Detectron2 from source to use them."
-        )
+_EXTENSION_NAME = "detectron2._C"
 
 
 def _patch_pillow() -> None:
@@ -61,20 +33,25 @@ def _patch_pillow() -> None:
 
 
 def _patch_detectron2_cpp_extension() -> None:
-    if _STUB_NAME in sys.modules:
+    if _EXTENSION_NAME in sys.modules:
         return
     try:
-        has_extension = importlib.util.find_spec(_STUB_NAME) is not None
+        has_extension = importlib.util.find_spec(_EXTENSION_NAME) is not None
     except ModuleNotFoundError:  # Detectron2 itself is not installed: nothing to patch.
         return
     if not has_extension:
-        sys.modules[_STUB_NAME] = _MissingCppExtension(_STUB_NAME)
+        from s2vnet import detectron2_c_stub
+
+        sys.modules[_EXTENSION_NAME] = detectron2_c_stub
 
 
 def detectron2_build() -> str:
     """Describe the installed Detectron2 build ("with C++ ops" or "Python-only")."""
-    module = sys.modules.get(_STUB_NAME)
-    if isinstance(module, _MissingCppExtension):
+    try:
+        extension = importlib.import_module(_EXTENSION_NAME)
+    except ImportError:
+        return "without C++ ops, not importable on its own"
+    if getattr(extension, "PYTHON_ONLY_BUILD", False):
         return "Python-only, without C++ ops"
     return "with C++ ops"
 

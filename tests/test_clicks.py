@@ -244,6 +244,8 @@ def test_corrective_clicks_on_2d_input() -> None:
     pred = np.zeros_like(gt)
     clicks = corrective_clicks(gt, pred, [1], spacing=(0.7, 0.7))
     assert clicks == [Click(0, 9, 9, 1)]
+    with pytest.raises(TypeError):  # the options are keyword-only: a spacing cannot pass for a class list
+        corrective_clicks(gt, pred, [1], (0.7, 0.7))
 
 
 def test_corrective_clicks_with_jitter_stay_in_the_error_region() -> None:

@@ -2,6 +2,8 @@
 clicks.json reader and writer, and tools/predict.py on a model whose nnU-Net training data set is
 neither registered nor present any more."""
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -226,3 +228,261 @@ def test_a_checkpoint_that_contradicts_the_config_is_an_input_error(described_mo
     cfg = load_config(str(config), ["MODEL.WEIGHTS", str(weights), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"])
     with pytest.raises(InputError, match=r"model_final.pth holds a model of 8 classes .* MODEL.SEM_SEG_HEAD.NUM_CLASSES is 5"):
         load_predictor(cfg)
+
+
+# ------------------------------------------------------------------ reliability (issue 22)
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A config file and random-initialised weights without a model description (8 classes)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from conftest import tiny_config, tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny_weights")
+    cfg = tiny_config(num_classes=8)
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ()
+    cfg.DATASETS.ROOT = ""
+    config = folder / "config.yaml"
+    config.write_text(cfg.dump())
+    DetectionCheckpointer(tiny_model(cfg), str(folder)).save("random")
+    return config, folder / "random.pth"
+
+
+@pytest.fixture(scope="module")
+def predict_tool():
+    """tools/predict.py as a module, so that its main() runs in this process (no start-up cost)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_tool_reliability", REPO / "tools/predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ct(path: Path, seed: int = 0, shape=(64, 64, 3)) -> Path:
+    """A small CT-like NIfTI (HU from -1000 to 400)."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(-1000, 400, size=shape).astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.5, 1.0])), path)
+    return path
+
+
+def _run(predict_tool, weights, *args) -> int:
+    config, checkpoint = weights
+    return predict_tool.main(["--config-file", str(config), *map(str, args), "MODEL.WEIGHTS", str(checkpoint)])
+
+
+@pytest.fixture
+def no_inference(monkeypatch):
+    """Fail the test if the model is loaded: the error under test must come before any work."""
+    import s2vnet.inference
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although the arguments are wrong")
+
+    monkeypatch.setattr(s2vnet.inference, "load_predictor", refuse)
+
+
+def test_an_output_never_replaces_an_input(tiny_weights, predict_tool, tmp_path, caplog):
+    ct = _ct(tmp_path / "cts" / "ct.nii.gz")
+    other = _ct(tmp_path / "cts" / "other.nii.gz", seed=1)
+    originals = {path: path.read_bytes() for path in (ct, other)}
+    (tmp_path / "link.nii.gz").symlink_to(ct)
+    os.link(ct, tmp_path / "hard.nii.gz")
+    for args in [
+        ("--input", ct, "--output", ct),  # the same path
+        ("--input", ct, "--output", tmp_path / "cts" / ".." / "cts" / "ct.nii.gz"),  # another spelling of it
+        ("--input", ct, "--output", tmp_path / "cts"),  # a folder: the output would be cts/ct.nii.gz
+        ("--input", ct, "--output", tmp_path / "link.nii.gz"),  # a symbolic link to the input
+        ("--input", tmp_path / "link.nii.gz", "--output", ct),  # the file an input link points to
+        ("--input", ct, "--output", tmp_path / "hard.nii.gz"),  # a hard link to the input
+        ("--input", tmp_path / "cts", "--output", tmp_path / "cts"),  # a folder onto itself
+        ("--input", tmp_path / "cts", "--output", tmp_path / "cts" / "segs"),  # inside the input folder
+    ]:
+        caplog.clear()
+        assert _run(predict_tool, tiny_weights, *args, "--overwrite") == 2, args
+        assert "input" in caplog.text and ("never replaces an input" in caplog.text or "inside it" in caplog.text), caplog.text
+        assert all(path.read_bytes() == data for path, data in originals.items()), args
+    assert sorted(p.name for p in (tmp_path / "cts").iterdir()) == ["ct.nii.gz", "other.nii.gz"]
+
+
+def test_a_rerun_with_save_probabilities_writes_the_missing_maps(tiny_weights, predict_tool, tmp_path):
+    inputs = tmp_path / "cts"
+    for i in range(2):
+        _ct(inputs / f"ct_{i}.nii.gz", seed=i)
+    outputs = tmp_path / "segs"
+    assert _run(predict_tool, tiny_weights, "--input", inputs, "--output", outputs) == 0
+    assert sorted(p.name for p in outputs.iterdir()) == ["ct_0.nii.gz", "ct_1.nii.gz"]
+    assert _run(predict_tool, tiny_weights, "--input", inputs, "--output", outputs, "--save-probabilities") == 0
+    assert sorted(p.name for p in outputs.iterdir()) == [
+        "ct_0.nii.gz", "ct_0_probabilities.nii.gz", "ct_1.nii.gz", "ct_1_probabilities.nii.gz"
+    ]
+    assert nib.load(outputs / "ct_0_probabilities.nii.gz").shape == (64, 64, 3, 8)
+
+
+def test_weights_that_do_not_fit_the_model_are_an_input_error(tiny_weights, tmp_path):
+    from s2vnet.config import load_config
+    from s2vnet.inference import load_predictor
+
+    config, weights = tiny_weights
+    # Another class count (a checkpoint without a description, so only the parameters tell).
+    expected = (r"random.pth does not fit the model .*\(3 parameter\(s\) of another shape: "
+                r"decoder.class_embed.weight \(9, 32\) in the file, \(6, 32\) in the model, [^;]*\); was")
+    with pytest.raises(InputError, match=expected):
+        load_predictor(load_config(str(config), ["MODEL.WEIGHTS", str(weights), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"]))
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    name = sorted(checkpoint["model"])[-1]
+    lacking = {**checkpoint, "model": {k: v for k, v in checkpoint["model"].items() if k != name}}
+    torch.save(lacking, tmp_path / "lacking.pth")
+    with pytest.raises(InputError, match=rf"lacking.pth does not fit .*1 parameter\(s\) missing: {re.escape(name)}"):
+        load_predictor(load_config(str(config), ["MODEL.WEIGHTS", str(tmp_path / "lacking.pth")]))
+    extra = {**checkpoint, "model": {**checkpoint["model"], "head.extra.weight": torch.zeros(2)}}
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(InputError, match=r"extra.pth does not fit .*the model does not have: head.extra.weight"):
+        load_predictor(load_config(str(config), ["MODEL.WEIGHTS", str(tmp_path / "extra.pth")]))
+
+
+def test_a_corrupt_checkpoint_is_an_input_error_naming_it(tiny_weights, tmp_path):
+    from s2vnet.config import load_config
+    from s2vnet.inference import load_predictor
+
+    config, weights = tiny_weights
+    data = weights.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("not a checkpoint\n")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    torch.save({"model": [1, 2]}, tmp_path / "list.pth")
+    for name, message in [
+        ("truncated.pth", "cannot be read as a PyTorch checkpoint"),
+        ("empty.pth", "cannot be read as a PyTorch checkpoint"),
+        ("text.pth", "cannot be read as a PyTorch checkpoint"),
+        ("tensor.pth", "cannot be read as a PyTorch checkpoint"),
+        ("list.pth", "is not a model checkpoint"),
+    ]:
+        with pytest.raises(InputError, match=rf"MODEL.WEIGHTS {re.escape(str(tmp_path / name))} {message}"):
+            load_predictor(load_config(str(config), ["MODEL.WEIGHTS", str(tmp_path / name)]))
+
+
+def test_inputs_that_share_an_output_are_refused_before_any_work(tiny_weights, predict_tool, tmp_path, caplog, no_inference):
+    inputs = tmp_path / "cts"
+    _ct(inputs / "case.nii.gz")
+    nib.save(nib.load(inputs / "case.nii.gz"), inputs / "case.nii")
+    assert _run(predict_tool, tiny_weights, "--input", inputs, "--output", tmp_path / "segs") == 2
+    assert f"{inputs / 'case.nii'} and the labels of {inputs / 'case.nii.gz'} would both be written to {tmp_path / 'segs' / 'case.nii.gz'}" in caplog.text
+    assert not (tmp_path / "segs").exists()
+    # A case's probabilities and another's labels collide just the same.
+    shutil.move(inputs / "case.nii", inputs / "case_probabilities.nii.gz")
+    assert _run(predict_tool, tiny_weights, "--input", inputs, "--output", tmp_path / "segs", "--save-probabilities") == 2
+    assert "the probabilities of" in caplog.text
+
+
+def test_an_existing_folder_as_the_output_of_one_input_gets_it_inside(tiny_weights, predict_tool, tmp_path, caplog):
+    ct = _ct(tmp_path / "ct_0000.nii.gz")
+    (tmp_path / "segs").mkdir()
+    assert _run(predict_tool, tiny_weights, "--input", ct, "--output", tmp_path / "segs") == 0
+    assert [p.name for p in (tmp_path / "segs").iterdir()] == ["ct.nii.gz"]
+    assert "Wrote 1 case(s)" in caplog.text
+
+
+def test_outputs_of_nnunet_inputs_drop_the_channel_suffix(tiny_weights, predict_tool, tmp_path):
+    images = tmp_path / "imagesTs"
+    for i in range(2):
+        _ct(images / f"case_{i:03d}_0000.nii.gz", seed=i)
+    assert _run(predict_tool, tiny_weights, "--input", images, "--output", tmp_path / "preds") == 0
+    # The names of nnU-Net's labels (labelsTs/case_000.nii.gz), which eval_volume.py --gt-dir matches by name.
+    assert sorted(p.name for p in (tmp_path / "preds").iterdir()) == ["case_000.nii.gz", "case_001.nii.gz"]
+
+    from s2vnet.inference.case_prediction import case_name
+
+    assert [case_name(Path(n)) for n in ("case_0000.nii.gz", "ct.nii", "ct_0001.mha", "_0000.nii.gz", "series_0000")] == [
+        "case", "ct", "ct_0001", "_0000", "series"
+    ]
+
+
+def test_a_click_set_with_both_rounds_and_clicks_is_refused(tmp_path):
+    path = tmp_path / "clicks.json"
+    click = {"ijk": [1, 2, 3], "label": 1}
+    path.write_text(json.dumps({"rounds": [[click]], "clicks": [click]}))
+    with pytest.raises(InputError, match=rf"{re.escape(str(path))}: a click set has both 'rounds' and 'clicks'"):
+        read_click_file(path, ["background", "liver"])
+    path.write_text(json.dumps({"cases": {"ct.nii.gz": {"rounds": [[click]], "clicks": [click]}}}))
+    with pytest.raises(InputError, match="case ct.nii.gz: a click set has both"):
+        read_folder_click_file(path, ["background", "liver"], ["ct.nii.gz"])
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tiny_weights, predict_tool, tmp_path, caplog, monkeypatch, no_inference):
+    ct = _ct(tmp_path / "ct.nii.gz")
+    (tmp_path / "a_file").write_text("")
+    assert _run(predict_tool, tiny_weights, "--input", ct, "--output", tmp_path / "a_file" / "seg.nii.gz") == 2
+    assert f"cannot write to {tmp_path / 'a_file'}: {tmp_path / 'a_file'} is a file" in caplog.text
+    assert _run(predict_tool, tiny_weights, "--input", tmp_path, "--output", tmp_path / "a_file") == 2
+    assert f"--output {tmp_path / 'a_file'} is a file" in caplog.text
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: answer as the file system would for a user
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and Path(path) != read_only)
+    try:
+        assert _run(predict_tool, tiny_weights, "--input", ct, "--output", read_only / "sub" / "seg.nii.gz") == 2
+    finally:
+        read_only.chmod(0o755)
+    assert f"cannot write to {read_only / 'sub'}: {read_only} is not writable" in caplog.text
+    assert not list(read_only.iterdir())
+
+
+def test_a_device_this_machine_lacks_is_refused(tiny_weights, predict_tool, tmp_path, caplog, monkeypatch, no_inference):
+    ct = _ct(tmp_path / "ct.nii.gz")
+    assert _run(predict_tool, tiny_weights, "--input", ct, "--output", tmp_path / "seg.nii.gz", "--device", "gpu0") == 2
+    assert "--device 'gpu0' is not a device: use cpu, cuda or cuda:N" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _run(predict_tool, tiny_weights, "--input", ct, "--output", tmp_path / "seg.nii.gz", "--device", "cuda") == 2
+    assert "--device cuda: no CUDA GPU is usable on this machine; use cpu" in caplog.text
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_a_failing_case_does_not_stop_a_folder_run(tiny_weights, predict_tool, tmp_path, caplog):
+    inputs = tmp_path / "cts"
+    for i in range(3):
+        _ct(inputs / f"ct_{i}.nii.gz", seed=i)
+    (inputs / "ct_3.nii.gz").write_bytes((inputs / "ct_0.nii.gz").read_bytes()[:100])  # truncated
+    outputs = tmp_path / "segs"
+    (outputs / "ct_1.nii.gz").mkdir(parents=True)  # the output's name is taken by a folder
+    assert _run(predict_tool, tiny_weights, "--input", inputs, "--output", outputs) == 1
+    assert (outputs / "ct_0.nii.gz").is_file() and (outputs / "ct_2.nii.gz").is_file()
+    assert "Wrote 2 case(s)" in caplog.text and "0 skipped (done already), 2 failed" in caplog.text
+    summary = caplog.text[caplog.text.index("2 of 4 case(s) failed"):]
+    assert f"\n  {inputs / 'ct_1.nii.gz'}: writing {outputs / 'ct_1.nii.gz'} failed: [Errno 21] Is a directory" in summary
+    assert f"\n  {inputs / 'ct_3.nii.gz'}: cannot read as NIfTI" in summary
+
+
+def test_bad_arguments_are_found_before_the_inference(tiny_weights, predict_tool, tmp_path, caplog, capsys, no_inference):
+    ct = _ct(tmp_path / "ct.nii.gz")
+    assert _run(predict_tool, tiny_weights, "--input", ct, "--output", tmp_path / "seg.png") == 2
+    assert "--output " + str(tmp_path / "seg.png") + ": unsupported output format; use one of .nii.gz, .nii, .mha, .nrrd" in caplog.text
+    with pytest.raises(SystemExit) as exit_:
+        _run(predict_tool, tiny_weights, "--input", ct, "--output", tmp_path / "seg.nii.gz", "--modality", "XR")
+    assert exit_.value.code == 2 and "'XR' is not a modality: use CT or MR" in capsys.readouterr().err
+    assert predict_tool.modality_argument("mri") == "MR" and predict_tool.modality_argument(" ct") == "CT"
+
+
+def test_clicks_outside_the_volume_are_refused_before_encoding(tiny_weights, predict_tool, tmp_path, caplog, monkeypatch):
+    from s2vnet.inference import case_prediction
+
+    def encode(*args, **kwargs):
+        raise AssertionError("the volume was encoded although a click lies outside it")
+
+    monkeypatch.setattr(case_prediction, "InteractiveSession", encode)
+    inputs = tmp_path / "cts"
+    ct = _ct(inputs / "ct.nii.gz")
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps({"rounds": [[{"ijk": [3, 4, 1], "label": 1}], [{"ijk": [10, 64, 1], "label": 2}]]}))
+    assert _run(predict_tool, tiny_weights, "--input", ct, "--output", tmp_path / "seg.nii.gz", "--clicks", clicks) == 1
+    assert f"{clicks} round 1 click 0: voxel [10, 64, 1] is outside {ct}, whose shape is (64, 64, 3) (axis 1 goes from 0 to 63)" in caplog.text
+    clicks.write_text(json.dumps({"cases": {"ct.nii.gz": {"clicks": [{"ijk": [0, 0, 3], "label": 1}]}}}))
+    assert _run(predict_tool, tiny_weights, "--input", inputs, "--output", tmp_path / "segs", "--clicks", clicks) == 1
+    assert f"{clicks} case ct.nii.gz round 0 click 0: voxel [0, 0, 3] is outside {ct}" in caplog.text

@@ -1,6 +1,9 @@
 """The prepare step: cache contents, resuming after a crash, bad volumes reported without stopping."""
 import json
+import logging
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +153,101 @@ def test_missing_dataset_folder_or_json_is_a_clear_error(tmp_path):
     cfg = phantom_config(tmp_path / "nojson", tmp_path / "cache", name="missingjson")
     with pytest.raises(InputError, match="dataset.json"):
         register_datasets_from_config(cfg)
+
+
+# ------------------------------------------------------------------ the cache is keyed on what it was built from
+def _copied_dataset(phantom_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data" / phantom_root.name
+    shutil.copytree(phantom_root, root)
+    return root
+
+
+def test_edited_label_file_is_prepared_again(phantom_root, tmp_path):
+    root = _copied_dataset(phantom_root, tmp_path)
+    job = _job(root, tmp_path / "cache", "phantom_000")
+    assert prepare_jobs([job], progress=False).prepared == ["phantom_000"]
+    label = nib.load(job.label_file)
+    values = np.asanyarray(label.dataobj).copy()
+    values[values == 1] = 2  # a corrected annotation; the image is untouched
+    nib.save(nib.Nifti1Image(values, label.affine, label.header), job.label_file)
+    assert prepare_jobs([job], progress=False).prepared == ["phantom_000"]
+    assert not np.any(PreparedVolume(job.case_dir).label == 1)
+
+
+def test_unchanged_files_with_a_new_mtime_are_reused(phantom_root, tmp_path):
+    root = _copied_dataset(phantom_root, tmp_path)
+    job = _job(root, tmp_path / "cache", "phantom_000")
+    prepare_jobs([job], progress=False)
+    for path in (job.image_file, job.label_file):  # touched or copied: same content, other mtime
+        os.utime(path, (1e9, 1e9))
+    assert prepare_jobs([job], progress=False).skipped == ["phantom_000"]
+
+
+@pytest.mark.parametrize("change", [{"modality": "MR"}, {"num_classes": 9}, {"raw_ignore_value": 7}, {"label_file": None}])
+def test_changed_settings_are_prepared_again(change, phantom_root, tmp_path):
+    job = _job(phantom_root, tmp_path, "phantom_000")
+    prepare_jobs([job], progress=False)
+    changed = PrepareJob(**{**job.__dict__, **change})
+    assert prepare_jobs([changed], progress=False).prepared == ["phantom_000"]
+    assert prepare_jobs([changed], progress=False).skipped == ["phantom_000"]
+
+
+def test_modality_change_in_dataset_json_is_prepared_again(phantom_root, tmp_path):
+    from s2vnet.data.datasets import register_nnunet_dataset
+    from s2vnet.data.prepare import jobs_for_dataset
+
+    root = _copied_dataset(phantom_root, tmp_path)
+    cache = tmp_path / "cache"
+    register_nnunet_dataset("modalityct", root)
+    assert prepare_jobs(jobs_for_dataset("modalityct_train", cache), progress=False).prepared
+    dataset_json = root / "dataset.json"
+    spec = json.loads(dataset_json.read_text())
+    spec["channel_names"] = {"0": "MRI"}
+    dataset_json.write_text(json.dumps(spec))
+    register_nnunet_dataset("modalitymr", root)  # the same folder, read again
+    jobs = jobs_for_dataset("modalitymr_train", cache)
+    report = prepare_jobs(jobs, progress=False)
+    assert sorted(report.prepared) == sorted(job.case_id for job in jobs) and not report.skipped
+    assert {PreparedVolume(job.case_dir).meta["modality"] for job in jobs} == {"MR"}
+
+
+def test_uint16_ct_with_hu_offset_warns_when_prepared(phantom_root, tmp_path, caplog):
+    image = nib.load(phantom_root / "imagesTr" / "phantom_000_0000.nii.gz")
+    offset = tmp_path / "offset_0000.nii.gz"
+    hu = np.asanyarray(image.dataobj)
+    nib.save(nib.Nifti1Image((np.clip(hu, -1024, None) + 1024).astype(np.uint16), image.affine), offset)
+    with caplog.at_level(logging.WARNING, logger="s2vnet.data.volume_io"):
+        prepare_case(str(offset), None, "CT", 8, tmp_path / "cache" / "offset", "offset")
+    assert "offset_0000.nii.gz" in caplog.text and "Hounsfield" in caplog.text
+
+
+# ------------------------------------------------------------------ leftovers of killed runs, permissions
+def test_prepare_removes_the_folder_of_a_killed_run(phantom_root, tmp_path):
+    job = _job(phantom_root, tmp_path, "phantom_000")
+    code = (  # a prepare run killed by SIGKILL while it writes the image array
+        "import os, signal, sys\n"
+        "import numpy as np\n"
+        "from s2vnet.data.prepare import prepare_case\n"
+        "def killed(path, array):\n"
+        "    open(path, 'wb').write(b'partial')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "np.save = killed\n"
+        "prepare_case(sys.argv[1], sys.argv[2], 'CT', 8, sys.argv[3], 'phantom_000')\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, job.image_file, job.label_file, job.case_dir], timeout=120)
+    assert killed.returncode == -9
+    parent = Path(job.case_dir).parent
+    leftovers = [p.name for p in parent.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".phantom_000_0000.")
+    assert prepare_jobs([job], progress=False).prepared == ["phantom_000"]
+    assert [p.name for p in parent.iterdir()] == ["phantom_000_0000"]
+
+
+def test_case_folders_get_the_umask_permissions(phantom_root, tmp_path):
+    job = _job(phantom_root, tmp_path, "phantom_000")
+    previous = os.umask(0o022)
+    try:
+        prepare_case(job.image_file, job.label_file, "CT", 8, job.case_dir, job.case_id)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(Path(job.case_dir).stat().st_mode) == 0o755

@@ -524,3 +524,111 @@ def test_failed_overwrite_keeps_the_previous_file(tmp_path: Path, monkeypatch) -
     with pytest.raises(RuntimeError):
         write_label_volume(np.zeros(volume.array.shape, np.uint8), volume.geometry, final)
     assert final.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Suspicious inputs: read, but with a warning saying what was assumed
+# ---------------------------------------------------------------------------------------------
+
+
+def test_nifti_without_qform_or_sform_warns(tmp_path: Path, caplog) -> None:
+    bare = tmp_path / "bare.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.int16), None), str(bare))  # both codes 0
+    with caplog.at_level(logging.WARNING, logger="s2vnet.data.volume_io"):
+        read_volume(bare)
+    assert "bare.nii.gz" in caplog.text and "neither a qform nor an sform" in caplog.text
+    assert "LAS" in caplog.text  # what was assumed: nibabel's fallback orientation
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="s2vnet.data.volume_io"):
+        read_volume(_save_nifti(tmp_path / "oriented.nii.gz", np.zeros(SHAPE, np.int16), np.eye(4)))
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_sheared_affine_warns(suffix: str, tmp_path: Path, caplog) -> None:
+    sheared = np.array([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 1.5, 4.0]])  # j axis tilted towards S
+    path = tmp_path / f"sheared{suffix}"
+    if suffix == ".mha":
+        image = sitk.GetImageFromArray(np.zeros(SHAPE[::-1], np.int16))
+        linear = LPS_RAS @ sheared
+        image.SetSpacing(np.linalg.norm(linear, axis=0).tolist())
+        image.SetDirection((linear / np.linalg.norm(linear, axis=0)).ravel().tolist())
+        sitk.WriteImage(image, str(path))
+    else:
+        _save_nifti(path, np.zeros(SHAPE, np.int16), _affine(sheared))
+    with caplog.at_level(logging.WARNING, logger="s2vnet.data.volume_io"):
+        read_volume(path)
+    assert f"sheared{suffix}" in caplog.text and "sheared" in caplog.text and "j-k" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="s2vnet.data.volume_io"):  # oblique is not sheared
+        read_volume(_save_nifti(tmp_path / "oblique.nii.gz", np.zeros(SHAPE, np.int16), _affine(ORIENTATIONS["oblique-permuted"])))
+    assert caplog.text == ""
+
+
+def test_unsigned_ct_stored_as_hu_plus_1024_warns(tmp_path: Path, caplog) -> None:
+    from s2vnet.data.volume_io import warn_if_not_hounsfield
+
+    rng = np.random.default_rng(0)
+    hu = np.where(rng.random(SHAPE) < 0.4, -1000, rng.integers(-100, 300, SHAPE)).astype(np.int16)  # air + tissue
+    offset = read_volume(_save_nifti(tmp_path / "offset.nii.gz", (hu + 1024).astype(np.uint16), np.eye(4)))
+    with caplog.at_level(logging.WARNING, logger="s2vnet.data.volume_io"):
+        assert warn_if_not_hounsfield(offset)
+    assert "offset.nii.gz" in caplog.text and "Hounsfield" in caplog.text and "1024" in caplog.text
+    caplog.clear()
+    proper = read_volume(_save_nifti(tmp_path / "hu.nii.gz", hu, np.eye(4)))
+    with caplog.at_level(logging.WARNING, logger="s2vnet.data.volume_io"):
+        assert not warn_if_not_hounsfield(proper)
+    assert caplog.text == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporaries left by a killed write
+# ---------------------------------------------------------------------------------------------
+
+
+def _killed_while_writing(final: Path) -> None:
+    """Start a process that dies by SIGKILL in the middle of an atomic write of ``final``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from s2vnet.utils.atomic import atomic_path\n"
+        "with atomic_path(sys.argv[1], suffix='.nii.gz') as tmp:\n"
+        "    tmp.write_bytes(b'half a volume')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(final)], timeout=120)
+    assert result.returncode == -9
+
+
+def test_rewrite_removes_temporaries_of_killed_writes_only(tmp_path: Path) -> None:
+    import subprocess
+
+    volume = read_volume(_save_nifti(tmp_path / "image.nii.gz", np.zeros(SHAPE, np.int16), np.eye(4)))
+    out = tmp_path / "out"
+    out.mkdir()
+    final = out / "case.nii.gz"
+    _killed_while_writing(final)
+    killed = [p.name for p in out.iterdir()]
+    assert len(killed) == 1 and killed[0].startswith(".case.nii.gz.") and not final.exists()
+    # Temporaries that must survive: a live writer's, another host's, a fresh one of the old
+    # naming, and another output's.
+    host = killed[0][len(".case.nii.gz.") :].split(".")[0].rsplit("-", 1)[0]  # ".case.nii.gz.<host>-<pid>.<random>..."
+    other_host = "elsewhere" if host != "elsewhere" else "nowhere"
+    with subprocess.Popen(["sleep", "60"]) as live:
+        try:
+            keep = [
+                f".case.nii.gz.{host}-{live.pid}.abcdefgh.tmp.nii.gz",
+                f".case.nii.gz.{other_host}-12345.abcdefgh.tmp.nii.gz",
+                ".case.nii.gz.abcdefgh.tmp.nii.gz",
+                f".other.nii.gz.{host}-999999999.abcdefgh.tmp.nii.gz",
+            ]
+            old = out / ".case.nii.gz.zyxwvuts.tmp.nii.gz"  # old naming, untouched for two hours
+            for name in keep + [old.name]:
+                (out / name).write_bytes(b"partial")
+            os.utime(old, (time.time() - 7200, time.time() - 7200))
+            write_label_volume(np.zeros(volume.array.shape, np.uint8), volume.geometry, final)
+        finally:
+            live.kill()
+    assert sorted(p.name for p in out.iterdir()) == sorted(keep + ["case.nii.gz"])

@@ -15,14 +15,15 @@ Folder mode: score any folder of segmentations against ground truth (files match
 
 Each output folder gets results.json (every case x class row, means, counts of undefined and
 infinite values), results.csv, summary.md (the paper's Table 1 layout) and, with rounds,
-dsc_per_round.png and NoC@85/90. Re-running the same command skips volumes already evaluated.
+dsc_per_round.png and NoC@85/90. Re-running the same command skips volumes already evaluated,
+as long as the weights' content, the config, the settings, the S2VNet version and the prepared
+volume are unchanged (the log says how many were reused).
 
 --diagnostics adds the analyses of s2vnet/evaluation/diagnostics/ (both modes): the boundary-band
 DSC (band_dsc, --band-width pixels) and, with rounds, what each click did (clicks.csv, error
 regions, the voxels each round fixed and broke) and their paragraphs in summary.md.
 """
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def model_mode(args):
     from s2vnet.config import load_config
     from s2vnet.data.datasets import register_datasets_from_config
     from s2vnet.evaluation.settings import EvaluationSettings
-    from s2vnet.evaluation.volume_evaluator import evaluate_dataset
+    from s2vnet.evaluation.volume_evaluator import check_output_folder, evaluate_dataset
     from s2vnet.inference import load_predictor
 
     overrides = list(args.opts)
@@ -86,11 +87,16 @@ def model_mode(args):
     cfg = load_config(args.config_file, overrides)
     seed_all_rng(cfg.SEED + comm.get_rank())
     register_datasets_from_config(cfg)
-    predictor = load_predictor(cfg)
     names = args.datasets or list(cfg.DATASETS.TEST)
+    outputs = {
+        name: Path(args.output) / name if args.output and len(names) > 1 else Path(args.output or Path(cfg.OUTPUT_DIR) / "eval" / name)
+        for name in names
+    }
+    for output in outputs.values():  # before the model is loaded and anything evaluated
+        check_output_folder(output)
+    predictor = load_predictor(cfg)
     summaries = {}
-    for name in names:
-        output = Path(args.output) / name if args.output and len(names) > 1 else Path(args.output or Path(cfg.OUTPUT_DIR) / "eval" / name)
+    for name, output in outputs.items():
         settings = EvaluationSettings.from_config(cfg, name, rounds=args.rounds, diagnostics=args.diagnostics, band_width=args.band_width)
         results = evaluate_dataset(cfg, predictor, name, output, settings)
         if comm.is_main_process() and results:
@@ -101,19 +107,10 @@ def model_mode(args):
 
 
 def folder_mode(args):
-    from s2vnet.evaluation.settings import EvaluationSettings
+    from s2vnet.evaluation.settings import EvaluationSettings, read_labels_file
     from s2vnet.evaluation.volume_evaluator import evaluate_folders
 
-    class_names = None
-    if args.labels:
-        path = Path(args.labels)
-        if not path.is_file():
-            raise InputError(f"--labels {path} does not exist")
-        labels = json.loads(path.read_text()).get("labels")
-        if not isinstance(labels, dict):
-            raise InputError(f"--labels {path} has no 'labels' mapping of names to ids")
-        by_id = {int(v): k for k, v in labels.items()}
-        class_names = [by_id.get(i, str(i)) for i in range(max(by_id) + 1)]
+    class_names, ignore_label = read_labels_file(Path(args.labels)) if args.labels else (None, None)
     output = Path(args.output or "eval_report")
     settings = EvaluationSettings.for_folders(
         class_names,
@@ -121,6 +118,7 @@ def folder_mode(args):
         protocol=args.protocol or "standard",
         diagnostics=args.diagnostics,
         band_width=args.band_width,
+        ignore_label=ignore_label,
     )
     results = evaluate_folders(Path(args.pred_dir), Path(args.gt_dir), output, settings)
     logger.info("Report in %s\n%s", output / "summary.md", (output / "summary.md").read_text())

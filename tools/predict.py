@@ -8,9 +8,24 @@
 
 Inputs: NIfTI (.nii/.nii.gz), MHA/MHD/NRRD, or a folder holding one DICOM series (``--input`` may be
 one of these or a folder of them). Outputs are label volumes on the input's exact grid (same
-affine, shape and axis order), written atomically; re-running skips outputs that exist (use
-``--overwrite`` to redo them). With ``--save-probabilities`` each output also gets
-``<name>_probabilities.nii.gz`` (4D, one class score map per class).
+affine, shape and axis order), written atomically. ``--output`` is a file (.nii.gz, .nii, .mha or
+.nrrd) for one input, a folder for a folder of inputs; an existing folder given for one input gets
+the output inside it. In a folder, an input's output is ``<name>.nii.gz``: its name without the
+volume suffix and without nnU-Net's channel suffix ``_0000`` (``case_0000.nii.gz`` ->
+``case.nii.gz``, the name of its labels). With ``--save-probabilities`` each output also gets
+``<name>_probabilities.nii.gz`` (4D, one class score map per class). Re-running skips the cases
+whose outputs all exist (use ``--overwrite`` to redo them).
+
+``--output-format dicom-seg`` writes, for DICOM series inputs, a DICOM Segmentation object
+(``<name>.dcm``; a single ``--output`` must end in ``.dcm``) that references the series, one
+segment per predicted class with its SNOMED CT code (``s2vnet/data/dicom_seg.py``), so that a
+hospital's viewer and PACS can store it; ``--keep-empty-segments`` also lists the classes not found.
+A volume file input is then an error, before the model is loaded.
+
+Before any inference every output is named and checked: an output never replaces an input (not
+even with ``--overwrite``, nor through a link) nor goes inside an input folder, two inputs may not
+share an output, and output folders must be writable. In a folder run a case that fails does not
+stop the others; the failures are listed at the end and the exit status is 1.
 
 Clicks (``--clicks``) are JSON. Coordinates are voxel indices (i, j, k) of the input file, labels
 a class name or id (0 / "background" = a negative click); clicks are grouped in refinement
@@ -35,7 +50,7 @@ from tqdm import tqdm
 
 import s2vnet  # noqa: F401  (Detectron2 compatibility shims)
 from s2vnet.checkpoint import ModelDescription
-from s2vnet.inference.case_prediction import is_volume_folder, list_inputs, output_path_for, predict_case
+from s2vnet.inference.case_prediction import OUTPUT_FORMATS, CaseOutputs, is_volume_folder, list_inputs, plan_outputs, predict_case
 from s2vnet.inference.click_file import CaseClicks, read_click_file, read_folder_click_file
 from s2vnet.utils.errors import InputError
 from s2vnet.utils.logging import setup_cli_logging
@@ -76,31 +91,72 @@ def names_and_modality(
     return list(description.class_names), modality
 
 
+def modality_argument(value: str) -> str:
+    """``--modality``: CT or MR (any case; MRI means MR), checked when the arguments are parsed."""
+    key = value.strip().upper()
+    if key not in ("CT", "MR", "MRI"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a modality: use CT or MR")
+    return "MR" if key == "MRI" else key
+
+
+def predict_cases(
+    predictor,
+    cases: Sequence[CaseOutputs],
+    clicks: Dict[Path, CaseClicks],
+    modality: str,
+    class_names: Sequence[str],
+    save_probabilities: bool,
+    output_format: str = "nifti",
+    keep_empty_segments: bool = False,
+) -> Dict[Path, str]:
+    """Predict ``cases`` one after the other; a case that fails does not stop the others.
+    Returns why each failed case failed (a message naming its input), by input."""
+    failures = {}
+    for case in tqdm(cases, desc="predict", unit="vol"):
+        try:
+            predict_case(predictor, case.source, case.labels, modality, clicks.get(case.source), save_probabilities, class_names,
+                         output_format, keep_empty_segments)
+        except InputError as error:
+            failures[case.source] = str(error) if str(case.source) in str(error) else f"{case.source}: {error}"
+        except OSError as error:  # e.g. a full disk, or an output name taken by a folder
+            failures[case.source] = f"{case.source}: writing {case.labels} failed: {error}"
+        else:
+            continue
+        logger.error("%s", failures[case.source])
+    return failures
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="config of the trained model")
     parser.add_argument("--input", required=True, help="a volume file, a DICOM folder, or a folder of volumes")
-    parser.add_argument("--output", required=True, help="output file (one input) or folder (a folder input)")
+    parser.add_argument("--output", required=True, help="output file (one input) or folder (a folder input; for one input, an existing folder)")
     parser.add_argument("--clicks", help="clicks JSON (see above) for interactive prediction")
-    parser.add_argument("--modality", help="CT or MR (default: the modality the model was trained on, else CT)")
+    parser.add_argument("--modality", type=modality_argument, help="CT or MR (default: the modality the model was trained on, else CT)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: MODEL.DEVICE)")
     parser.add_argument("--save-probabilities", action="store_true", help="also write per-class score maps")
+    parser.add_argument("--output-format", choices=list(OUTPUT_FORMATS), default="nifti",
+                        help="labels as a volume file (nifti: .nii.gz, .nii, .mha, .nrrd) or, for DICOM series, a DICOM-SEG (.dcm)")
+    parser.add_argument("--keep-empty-segments", action="store_true", help="dicom-seg: also list the classes not found, as empty segments")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs (e.g. MODEL.WEIGHTS path)")
     args = parser.parse_args(argv)
     setup_cli_logging()
     try:
         from s2vnet.config import load_config
-        from s2vnet.inference import load_predictor
+        from s2vnet.inference import check_device, load_predictor
 
+        if args.device:
+            check_device(args.device, "--device")
+        if args.keep_empty_segments and args.output_format != "dicom-seg":
+            raise InputError("--keep-empty-segments is for --output-format dicom-seg")
         overrides = list(args.opts) + (["MODEL.DEVICE", args.device] if args.device else [])
         cfg = load_config(args.config_file, overrides)
-        inputs = list_inputs(Path(args.input), name=f"--input {Path(args.input)}")
-        many = is_volume_folder(Path(args.input), inputs)
-        output = Path(args.output)
-        if many and output.suffix in (".gz", ".nii", ".mha"):
-            raise InputError(f"--output {output} looks like a file, but --input {args.input} is a folder of volumes")
-        # The model first: its description names the classes that clicks may use.
+        input_path = Path(args.input)
+        inputs = list_inputs(input_path, name=f"--input {input_path}")
+        many = is_volume_folder(input_path, inputs)
+        cases = plan_outputs(input_path, inputs, many, Path(args.output), args.save_probabilities, args.output_format)
+        # The model before the clicks: its description names the classes that clicks may use.
         predictor = load_predictor(cfg)
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         class_names, modality = names_and_modality(predictor.description, num_classes, args.modality, cfg.MODEL.WEIGHTS)
@@ -109,18 +165,15 @@ def main(argv=None) -> int:
         logger.error("%s", error)
         return 2
 
-    todo = [(source, output_path_for(source, output, many)) for source in inputs]
-    done = [t for _, t in todo if t.exists() and not args.overwrite]
-    if done:
-        logger.info("%d output(s) exist already and are skipped (--overwrite to redo)", len(done))
-    failures = {}
-    for source, target in tqdm([(s, t) for s, t in todo if args.overwrite or not t.exists()], desc="predict", unit="vol"):
-        try:
-            predict_case(predictor, source, target, modality, clicks.get(source), args.save_probabilities, class_names)
-        except InputError as error:
-            failures[source] = str(error)
-            logger.error("%s", error)
-    logger.info("Wrote %d volume(s) to %s; %d skipped, %d failed", len(todo) - len(done) - len(failures), output, len(done), len(failures))
+    todo = [case for case in cases if args.overwrite or not case.done()]
+    skipped = len(cases) - len(todo)
+    if skipped:
+        logger.info("%d case(s) have all their outputs already and are skipped (--overwrite to redo)", skipped)
+    failures = predict_cases(predictor, todo, clicks, modality, class_names, args.save_probabilities,
+                             args.output_format, args.keep_empty_segments)
+    logger.info("Wrote %d case(s) to %s; %d skipped (done already), %d failed", len(todo) - len(failures), args.output, skipped, len(failures))
+    if failures:
+        logger.error("%d of %d case(s) failed:\n%s", len(failures), len(cases), "\n".join(f"  {reason}" for reason in failures.values()))
     return 1 if failures else 0
 
 

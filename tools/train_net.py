@@ -10,6 +10,7 @@ Multi-GPU and multi-node training is Detectron2's ``launch`` (PyTorch DDP). The 
 be prepared first (``datasets/prepare.py``). On a CPU-only machine set ``MODEL.DEVICE cpu``.
 """
 import logging
+import os
 import sys
 
 import s2vnet  # noqa: F401  (Detectron2 compatibility shims)
@@ -23,6 +24,23 @@ from s2vnet.engine.trainer import S2VNetTrainer
 from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger("s2vnet.train")
+
+
+def check_weights(cfg, resume: bool) -> None:
+    """Refuse a local ``MODEL.WEIGHTS`` that does not exist, before any process starts, unless
+    ``--resume`` will load the last checkpoint of ``OUTPUT_DIR`` instead.
+
+    Raises:
+        InputError: naming the file.
+    """
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or "://" in weights:  # nothing to load, or a URL Detectron2 fetches itself
+        return
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    if not os.path.isfile(weights):
+        what = "is not a file" if os.path.exists(weights) else "does not exist"
+        raise InputError(f"MODEL.WEIGHTS {weights} {what}")
 
 
 def setup(args):
@@ -49,6 +67,7 @@ def main(args):
 def cli(argv=None) -> int:
     args = default_argument_parser().parse_args(argv)
     try:
+        check_weights(load_config(args.config_file, args.opts), args.resume)
         launch(
             main,
             args.num_gpus,

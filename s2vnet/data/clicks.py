@@ -317,6 +317,7 @@ def corrective_clicks(
     gt_labels: np.ndarray,
     pred_labels: np.ndarray,
     class_ids: Sequence[int],
+    *,
     spacing: Optional[Sequence[float]] = None,
     rng: Optional[np.random.Generator] = None,
     jitter_fraction: float = 0.0,
@@ -334,7 +335,9 @@ def corrective_clicks(
     Args:
         gt_labels: integer ground-truth labels, (Z, Y, X) or (H, W).
         pred_labels: integer predicted labels of the same shape.
-        class_ids, spacing, rng, jitter_fraction, ignore_label: as in :func:`initial_clicks`.
+        class_ids, spacing, rng, jitter_fraction, ignore_label: as in :func:`initial_clicks`; the
+            options are keyword-only (after two label arrays and a class list, a positional
+            spacing is easily put in the wrong place).
 
     Returns:
         Clicks sorted by class id of the erroneous class (one per class with errors).

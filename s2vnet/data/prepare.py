@@ -7,28 +7,34 @@ percentiles) and written as two ``.npy`` arrays that training memory-maps, plus 
     <cache>/<data set folder name>/<image path inside it, without extension>/
         image.npy   uint8 (Z, Y, X)
         label.npy   uint8 (Z, Y, X)   (absent for unlabelled volumes)
-        meta.json   spacing, geometry (to write back), modality, per-slice class presence, source
+        meta.json   spacing, geometry (to write back), modality, per-slice class presence, built_from
 
 The step is resumable and atomic per volume: each case is written into a temporary folder that is
-renamed into place when complete, so a case folder either is finished or does not exist. A case
-whose folder exists with the current format version and an unchanged source file is skipped. Bad
-volumes are reported (file and problem) without stopping the others.
+renamed into place when complete (:func:`~s2vnet.utils.atomic.atomic_directory`), so a case folder
+either is finished or does not exist. Bad volumes are reported (file and problem) without stopping
+the others.
+
+A cached case is reused only if it was built from what the job asks for now (``meta.json``'s
+``built_from``): the same image and label file contents, and the same settings that change the
+arrays (modality, class count, ignore label, intensity window). A file counts as unchanged when
+its size and mtime are those recorded, or, if only its mtime differs (a touch, a copy), when its
+SHA-256 is; a source file that no longer exists leaves the cache as it is.
 """
+import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
-from s2vnet.data.intensity import normalize_intensity
-from s2vnet.data.volume_io import VolumeGeometry, read_label_volume, read_volume
+from s2vnet.data.intensity import CT_WINDOW, MRI_PERCENTILES, normalize_intensity
+from s2vnet.data.volume_io import VolumeGeometry, read_label_volume, read_volume, warn_if_not_hounsfield
+from s2vnet.utils.atomic import atomic_directory
 from s2vnet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -57,28 +63,101 @@ def case_cache_dir(cache_root: os.PathLike, dataset_root: os.PathLike, image_fil
     return Path(cache_root) / root.name / relative.parent / name
 
 
-def _source_signature(path: str) -> Dict[str, float]:
-    stat = Path(path).stat() if Path(path).is_file() else None
-    if stat is None:  # a DICOM folder: sum over its files
-        files = [f for f in Path(path).iterdir() if f.is_file()]
-        return {"size": float(sum(f.stat().st_size for f in files)), "mtime": max((f.stat().st_mtime for f in files), default=0.0)}
-    return {"size": float(stat.st_size), "mtime": stat.st_mtime}
+@dataclass
+class PrepareJob:
+    case_id: str
+    image_file: str
+    label_file: Optional[str]
+    modality: str
+    num_classes: int
+    case_dir: str
+    raw_ignore_value: Optional[int] = None
 
 
-def is_prepared(case_dir: Path, image_file: Optional[str] = None) -> bool:
-    """True when the case folder is complete, in the current format, and (if given) from this source."""
+def _source_files(path: Path) -> List[Path]:
+    """The files a volume is read from: the file itself, or the files of a DICOM folder."""
+    return sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+
+
+def _stat_signature(path: Path) -> Dict[str, int]:
+    stats = [f.stat() for f in _source_files(path)]
+    return {"size": sum(s.st_size for s in stats), "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+
+
+def _content_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in _source_files(path):
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _fingerprint(path: Optional[str]) -> Optional[Dict[str, Any]]:
+    """Size, mtime and SHA-256 of a source file or DICOM folder (None for no file)."""
+    if not path:
+        return None
+    return {**_stat_signature(Path(path)), "sha256": _content_hash(Path(path))}
+
+
+def _unchanged(recorded: Optional[Dict[str, Any]], path: Optional[str]) -> bool:
+    """Whether ``path`` still holds what ``recorded`` (its :func:`_fingerprint`) describes."""
+    if recorded is None or not path:
+        return recorded is None and not path  # a label file added or dropped is a change
+    if not Path(path).exists():
+        return True  # raw data removed after preparing: the cache is all there is
+    current = _stat_signature(Path(path))
+    if current["size"] != recorded["size"]:
+        return False
+    # Same size and mtime: taken as unchanged without reading the file. Another mtime alone
+    # (touched, copied) is decided by the content.
+    return current["mtime_ns"] == recorded["mtime_ns"] or _content_hash(Path(path)) == recorded["sha256"]
+
+
+def _build_settings(modality: str, num_classes: int, raw_ignore_value: Optional[int]) -> Dict[str, Any]:
+    """The settings, besides the source files, that the cached arrays depend on."""
+    return {
+        "modality": modality,
+        "num_classes": num_classes,
+        "raw_ignore_value": raw_ignore_value,
+        "ct_window": list(CT_WINDOW),
+        "mri_percentiles": list(MRI_PERCENTILES),
+    }
+
+
+def outdated_reason(case_dir: Path, job: Optional[PrepareJob] = None) -> Optional[str]:
+    """Why the cached case cannot be used (None when it can): missing, another format version,
+    or (given ``job``) built from other files or settings than ``job``'s."""
     meta_path = case_dir / META_NAME
     if not meta_path.is_file():
-        return False
+        return "not prepared"
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError:
-        return False
+        return f"unreadable {META_NAME}"
     if meta.get("format_version") != FORMAT_VERSION:
-        return False
-    if image_file is not None and Path(image_file).exists():
-        return meta.get("source") == _source_signature(image_file)
-    return True
+        return f"format version {meta.get('format_version')}, not {FORMAT_VERSION}"
+    if job is None:
+        return None
+    built = meta.get("built_from")
+    if built is None:
+        return "prepared before the cache recorded what it was built from"
+    settings = _build_settings(job.modality, job.num_classes, job.raw_ignore_value)
+    changed = sorted(key for key in settings if built["settings"].get(key) != settings[key])
+    if changed:
+        return "settings changed: " + ", ".join(f"{key} {built['settings'].get(key)!r} -> {settings[key]!r}" for key in changed)
+    if not _unchanged(built["image"], job.image_file):
+        return f"image file {job.image_file} changed"
+    if not _unchanged(built["label"], job.label_file):
+        return f"label file {job.label_file or '(none)'} changed"
+    return None
+
+
+def is_prepared(case_dir: Path, job: Optional[PrepareJob] = None) -> bool:
+    """True when the case folder is complete, in the current format, and (if ``job`` is given)
+    built from ``job``'s files and settings."""
+    return outdated_reason(Path(case_dir), job) is None
 
 
 def prepare_case(
@@ -101,7 +180,15 @@ def prepare_case(
     if num_classes > 255:
         raise InputError(f"{case_id}: {num_classes} classes do not fit the uint8 label cache (255 is the ignore value)")
     case_dir = Path(case_dir)
+    # Fingerprinted before reading: a file that changes meanwhile is seen as changed next time.
+    built_from = {
+        "image": _fingerprint(image_file),
+        "label": _fingerprint(label_file),
+        "settings": _build_settings(modality, num_classes, raw_ignore_value),
+    }
     image = read_volume(image_file, dtype=np.float32)
+    if str(modality).strip().upper() == "CT":
+        warn_if_not_hounsfield(image)
     label = None
     if label_file:
         # With an ignore label, its value lies outside [0, num_classes): map it before checking.
@@ -135,33 +222,14 @@ def prepare_case(
         "spacing": list(image.spacing),
         "geometry": image.geometry.to_dict(),
         "slice_classes": slice_classes,
-        "source": _source_signature(image_file),
+        "built_from": built_from,
     }
-    case_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{case_dir.name}.", dir=case_dir.parent))
-    try:
+    with atomic_directory(case_dir) as tmp_dir:  # replaces an outdated version
         np.save(tmp_dir / "image.npy", image_u8)
         if label is not None:
             np.save(tmp_dir / "label.npy", labels_u8)
         (tmp_dir / META_NAME).write_text(json.dumps(meta))
-        if case_dir.exists():  # an outdated version: replace it
-            shutil.rmtree(case_dir)
-        os.replace(tmp_dir, case_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
     return case_dir
-
-
-@dataclass
-class PrepareJob:
-    case_id: str
-    image_file: str
-    label_file: Optional[str]
-    modality: str
-    num_classes: int
-    case_dir: str
-    raw_ignore_value: Optional[int] = None
 
 
 def _run_job(job: PrepareJob) -> Tuple[str, Optional[str]]:
@@ -188,8 +256,15 @@ class PrepareReport:
 
 def prepare_jobs(jobs: Sequence[PrepareJob], workers: int = 1, progress: bool = True) -> PrepareReport:
     """Run the jobs not already done, ``workers`` volumes in parallel, with a progress bar."""
-    todo = [job for job in jobs if not is_prepared(Path(job.case_dir), job.image_file)]
-    skipped = [job.case_id for job in jobs if job not in todo]
+    todo, skipped = [], []
+    for job in jobs:
+        reason = outdated_reason(Path(job.case_dir), job)
+        if reason is None:
+            skipped.append(job.case_id)
+            continue
+        if reason != "not prepared":
+            logger.info("Prepare: the cached %s is out of date (%s); preparing it again", job.case_id, reason)
+        todo.append(job)
     if skipped:
         logger.info("Prepare: %d of %d volumes already cached, skipped", len(skipped), len(jobs))
     prepared, failed = [], {}

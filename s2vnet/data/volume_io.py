@@ -53,9 +53,18 @@ __all__ = [
     "read_label_volume",
     "read_volume",
     "to_original_orientation",
+    "warn_if_not_hounsfield",
     "write_label_volume",
     "write_probability_volume",
 ]
+
+#: Largest |cosine| between two voxel axes still taken as perpendicular (about 0.06 degrees off);
+#: beyond it the affine is sheared and reading it warns.
+SHEAR_TOLERANCE = 1e-3
+
+#: A CT whose smallest value is at least this cannot be in Hounsfield units: every CT holds air
+#: (about -1000 HU) or padding below it. See :func:`warn_if_not_hounsfield`.
+HOUNSFIELD_MIN_AT_LEAST = 0.0
 
 #: Largest allowed difference (mm, per affine entry) between a label file's and its image's grid.
 #: Label files saved by other tools often carry the image affine rounded to float32, so exact
@@ -283,6 +292,37 @@ def _check_affine(affine: np.ndarray, path: Path) -> None:
         raise InputError(f"{path}: degenerate (non-invertible) voxel-to-world affine:\n{affine}")
 
 
+def _warn_if_sheared(affine: np.ndarray, path: Path) -> None:
+    """Warn when the voxel axes are not perpendicular (a shear, e.g. a gantry tilt baked in)."""
+    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    cosines = directions.T @ directions
+    if np.allclose(cosines, np.eye(3), atol=SHEAR_TOLERANCE):
+        return
+    angles = {f"{'ijk'[a]}-{'ijk'[b]}": round(float(np.degrees(np.arccos(np.clip(cosines[a, b], -1, 1)))), 2)
+              for a, b in ((0, 1), (0, 2), (1, 2))}
+    logger.warning(
+        "%s: the voxel axes are sheared (angles between them, degrees: %s; 90 expected). Assumed: "
+        "the volume is used on its stored voxel grid, each axis taken as the nearest of R, A, S and "
+        "its spacing as the axis length (nothing is resampled), so distances and volumes are "
+        "approximate; outputs keep the input's affine. Resample the volume to a non-sheared grid "
+        "for exact geometry.",
+        path, angles,
+    )
+
+
+def _warn_if_unoriented(header: nib.Nifti1Header, affine: np.ndarray, path: Path) -> None:
+    """Warn when a NIfTI header has neither a qform nor an sform: its orientation is unknown."""
+    if int(header["qform_code"]) != 0 or int(header["sform_code"]) != 0:
+        return
+    logger.warning(
+        "%s: the NIfTI header has neither a qform nor an sform (both codes 0), so the orientation "
+        "of the volume is unknown. Assumed: nibabel's fallback, voxel axes %s with spacing %s mm "
+        "and origin at the first voxel. If the true orientation differs, the slices taken as axial "
+        "may not be, and left and right may be swapped. Set the file's qform or sform.",
+        path, "".join(nib.aff2axcodes(affine)), [round(float(z), 4) for z in header.get_zooms()[:3]],
+    )
+
+
 def _check_numeric(data: np.ndarray, path: Path) -> None:
     if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
         raise InputError(f"{path}: unsupported voxel type {data.dtype} (expected scalar numbers, not RGB/vector data)")
@@ -312,6 +352,8 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, VolumeGeometry]:
     shape3 = _squeeze_to_3d(tuple(img.shape), path)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(affine, path)
+    _warn_if_unoriented(img.header, affine, path)
+    _warn_if_sheared(affine, path)
     try:
         # nibabel loads lazily: a truncated or corrupt file only fails here.
         data = np.asanyarray(img.dataobj)
@@ -342,6 +384,7 @@ def _itk_image_to_array(img: sitk.Image, path: Path, source_format: str) -> tupl
     affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
     affine[:3, 3] = _LPS_TO_RAS @ origin
     _check_affine(affine, path)
+    _warn_if_sheared(affine, path)
     try:
         data_kji = sitk.GetArrayFromImage(img)  # numpy order is the reverse of ITK's index order
     except _SITK_ERRORS as exc:
@@ -503,6 +546,30 @@ def read_volume(path: PathLike, dtype: Optional[np.dtype] = np.float32) -> Volum
     if np.issubdtype(data.dtype, np.floating) and array.dtype.itemsize < data.dtype.itemsize:
         _check_finite(array, path)  # narrowing (e.g. float64 -> float32) can overflow to inf
     return Volume(array=array, spacing=geometry.canonical_spacing, geometry=geometry, path=str(path))
+
+
+def warn_if_not_hounsfield(volume: Volume) -> bool:
+    """Warn (and return True) when a volume said to be CT does not look like Hounsfield units.
+
+    The heuristic: its smallest value is >= 0 (:data:`HOUNSFIELD_MIN_AT_LEAST`). A CT in HU always
+    holds air at about -1000 HU, or padding at -1024 or below; none of it negative means the
+    values are stored with an offset, typically HU + 1024 in an unsigned 16-bit file without a
+    rescale intercept (air then reads about 0-50, soft tissue about 1024-1100), or already
+    normalised. The values are used unchanged, as HU: the abdominal window [-175, 250] HU then
+    sees the wrong tissues.
+    """
+    lowest = float(volume.array.min())
+    if lowest < HOUNSFIELD_MIN_AT_LEAST:
+        return False
+    highest = float(volume.array.max())
+    offset_hint = " Values near 1024 suggest HU + 1024: subtract 1024, or store a rescale intercept of -1024 (NIfTI scl_inter)." if highest > 1024 else ""
+    logger.warning(
+        "%s: CT volume without any negative value (range %g to %g), so it is probably not in "
+        "Hounsfield units (CT air is about -1000 HU). Assumed: the values are HU as stored; the "
+        "intensity window, and so the segmentation, is likely wrong.%s",
+        volume.path, lowest, highest, offset_hint,
+    )
+    return True
 
 
 def _grid_difference(label: VolumeGeometry, image: VolumeGeometry) -> Optional[str]:

@@ -6,14 +6,17 @@ the command line alone. The per-volume and report functions of :mod:`s2vnet.eval
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import numbers
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 from s2vnet.evaluation.metrics import check_protocol
 from s2vnet.utils.errors import InputError
 
-__all__ = ["EvaluationSettings"]
+__all__ = ["EvaluationSettings", "read_labels_file"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ class EvaluationSettings:
         if self.band_width < 1:
             raise InputError(f"band_width={self.band_width}: the boundary band width must be an integer number of pixels >= 1")
 
+    def fingerprint(self) -> str:
+        """SHA-256 of every setting: equal exactly when two evaluations score alike."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
     @property
     def table_names(self) -> tuple[str, ...]:
         """The names of the Table-1 columns: ``abbrevs``, else ``class_names``."""
@@ -94,15 +101,34 @@ class EvaluationSettings:
         protocol: str = "standard",
         diagnostics: bool = False,
         band_width: int = 1,
+        ignore_label: Optional[int] = None,
     ) -> "EvaluationSettings":
         """Settings of folder mode: with ``class_names`` (index = label) every class 1.. is scored;
-        without, each case's classes are the labels found in it (see ``evaluate_folders``)."""
+        without, each case's classes are the labels found in it (see ``evaluate_folders``).
+        ``ignore_label`` is the ground truth's value of unannotated voxels (nnU-Net's "ignore")."""
         names = tuple(class_names or ())
         return cls(
             class_names=names,
             class_ids=tuple(range(1, len(names))),
             nsd_tolerance_mm=nsd_tolerance_mm,
             protocol=protocol,
+            ignore_label=ignore_label,
             diagnostics=diagnostics,
             band_width=band_width,
         )
+
+
+def read_labels_file(path: Path) -> Tuple[List[str], Optional[int]]:
+    """Class names (index = label) and the ignore label (or None) of a dataset.json's ``labels``,
+    checked as data preparation checks them (:func:`s2vnet.data.datasets.nnunet.parse_label_map`).
+
+    Raises:
+        InputError: naming ``path``: missing, not JSON, no ``labels`` mapping, or a label value
+            that is not an integer (or values that are not 0..K-1).
+    """
+    from s2vnet.data.datasets.nnunet import parse_label_map, read_labels_json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--labels {path} does not exist")
+    return parse_label_map(read_labels_json(path, f"--labels {path}")["labels"], path)

@@ -6,16 +6,17 @@ name or id (0 / "background" = a negative click); each round is decoded in one p
     {"rounds": [[{"ijk": [120, 88, 40], "label": "liver"}, {"ijk": [60, 70, 41], "label": 0}],
                 [{"ijk": [118, 90, 52], "label": "liver"}]]}
 
-A flat ``{"clicks": [...]}`` is one round. A file for a folder of volumes keys the click sets by
-file name: ``{"cases": {"ct_001.nii.gz": {"rounds": [...]}}}``.
+A flat ``{"clicks": [...]}`` is one round (a set with both ``rounds`` and ``clicks`` is refused:
+which one was meant is unknown). A file for a folder of volumes keys the click sets by file name:
+``{"cases": {"ct_001.nii.gz": {"rounds": [...]}}}``.
 
 :func:`read_click_file` / :func:`read_folder_click_file` read and check a file (every error names
 the file, case, round and click), :func:`write_click_file` writes one (e.g. a session's click log).
-Whether a click lies inside its volume is checked where the volume is known
-(:meth:`InteractiveSession.click_voxel`).
+Whether a click lies inside its volume is checked once the volume is read, before it is encoded
+(:meth:`CaseClicks.check_inside`).
 """
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -48,9 +49,27 @@ class VoxelClick:
 
 @dataclass(frozen=True)
 class CaseClicks:
-    """The clicks of one volume, round by round (each round is decoded in one pass)."""
+    """The clicks of one volume, round by round (each round is decoded in one pass). ``source``
+    names where they were read from (the clicks file, and the case in a folder's file) for
+    messages; it takes no part in comparisons."""
 
     rounds: Tuple[Tuple[VoxelClick, ...], ...]
+    source: str = field(default="clicks", compare=False)
+
+    def check_inside(self, shape: Sequence[int], volume: str) -> None:
+        """Raise unless every click is a voxel of ``volume``, whose file grid has ``shape``.
+
+        Raises:
+            InputError: naming the clicks file (and case), the round, the click and the volume.
+        """
+        for r, round_clicks in enumerate(self.rounds):
+            for c, click in enumerate(round_clicks):
+                outside = [axis for axis, (index, size) in enumerate(zip(click.ijk, shape)) if not 0 <= index < size]
+                if outside:
+                    raise InputError(
+                        f"{self.source} round {r} click {c}: voxel {list(click.ijk)} is outside {volume}, "
+                        f"whose shape is {tuple(shape)} (axis {outside[0]} goes from 0 to {shape[outside[0]] - 1})"
+                    )
 
     def to_json(self, class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return {"rounds": [[click.to_json(class_names) for click in round_clicks] for round_clicks in self.rounds]}
@@ -72,6 +91,8 @@ def class_id(label: Any, class_names: Sequence[str], where: str) -> int:
 def parse_case_clicks(spec: Any, class_names: Sequence[str], source: str) -> CaseClicks:
     """The click rounds of one case (``{"rounds": ...}`` or ``{"clicks": ...}``), checked.
     ``source`` names the case in error messages."""
+    if isinstance(spec, dict) and "rounds" in spec and "clicks" in spec:
+        raise InputError(f"{source}: a click set has both 'rounds' and 'clicks'; give one of them (a flat 'clicks' list is one round)")
     if isinstance(spec, dict) and "rounds" in spec:
         rounds = spec["rounds"]
     elif isinstance(spec, dict) and "clicks" in spec:
@@ -92,7 +113,7 @@ def parse_case_clicks(spec: Any, class_names: Sequence[str], source: str) -> Cas
                 raise InputError(f"{where}: 'ijk' must be three integer voxel indices, got {ijk!r}")
             parsed_round.append(VoxelClick(tuple(ijk), class_id(click["label"], class_names, where)))
         parsed.append(tuple(parsed_round))
-    return CaseClicks(tuple(parsed))
+    return CaseClicks(tuple(parsed), source)
 
 
 def _read_json_object(path: Union[str, Path], name: Optional[str]) -> Tuple[Path, str, dict]:

@@ -39,7 +39,7 @@ import torch
 
 from s2vnet.data.clicks import Click
 from s2vnet.data.intensity import normalize_intensity
-from s2vnet.data.volume_io import Volume, VolumeGeometry, original_to_canonical_index
+from s2vnet.data.volume_io import Volume, VolumeGeometry, original_to_canonical_index, warn_if_not_hounsfield
 from s2vnet.inference.volume_predictor import VolumePredictor, check_normalized_volume
 from s2vnet.modeling.interaction import accumulate_clicks, fuse_identity_scores, fuse_rounds, identity_score
 from s2vnet.modeling.postprocess import scores_to_labels
@@ -106,6 +106,8 @@ class InteractiveSession:
                 modality = description.modality if description is not None else "CT"
                 if modality not in ("CT", "MR"):
                     raise InputError(f"the model was trained on {modality} data: say which modality {volume.path} is (modality='CT' or 'MR')")
+            if modality == "CT":
+                warn_if_not_hounsfield(volume)
             volume = normalize_intensity(volume.array, modality, name=volume.path)
         self.volume = check_normalized_volume(volume)
         self.num_classes = self.model.num_classes

@@ -34,6 +34,7 @@ from .nnunet import (
     PathLike,
     absolute_path,
     parse_label_map,
+    read_labels_json,
     register_nnunet_dataset,
     register_volume_datasets,
     require_dir,
@@ -296,13 +297,7 @@ def _check_amos_json(root: Path) -> None:
     json_path = root / "dataset.json"
     if not json_path.is_file():
         return
-    try:
-        data = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{json_path} is not a readable JSON file: {e}") from e
-    if not isinstance(data, dict) or "labels" not in data:
-        raise InputError(f"{json_path} has no 'labels' entry.")
-    names, _ = parse_label_map(data["labels"], json_path)
+    names, _ = parse_label_map(read_labels_json(json_path)["labels"], json_path)
     if len(names) != len(AMOS_CLASSES):
         raise InputError(
             f"{json_path} declares {len(names)} labels; AMOS 2022 has {len(AMOS_CLASSES)} "

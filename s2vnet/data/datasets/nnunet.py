@@ -171,6 +171,21 @@ def _nested_layout_hint(missing: Path) -> str:
     return ""
 
 
+def read_labels_json(json_path: Path, shown_as: Optional[str] = None) -> dict:
+    """The JSON object of a dataset.json-like file with a ``labels`` entry (nnU-Net's layout), or an
+    InputError naming the file (as ``shown_as``, e.g. the command-line flag that gave it)."""
+    shown_as = shown_as or str(json_path)
+    try:
+        data = json.loads(Path(json_path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{shown_as} is not a readable JSON file: {error}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{shown_as} must contain a JSON object, not {type(data).__name__}.")
+    if "labels" not in data:
+        raise InputError(f"{shown_as} has no 'labels' entry (a mapping of class names to label values).")
+    return data
+
+
 def visible_files(folder: Path) -> List[Path]:
     """The files of ``folder``, sorted, without hidden ones."""
     # Hidden files are skipped: editors, macOS (.DS_Store) and S2VNet's own atomic writes
@@ -260,14 +275,7 @@ def load_dataset_json(root: PathLike) -> Dict[str, Any]:
     json_path = root / "dataset.json"
     if not json_path.is_file():
         raise InputError(f"{json_path} does not exist: an nnU-Net raw dataset needs a dataset.json in {root}.")
-    try:
-        data = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{json_path} is not a readable JSON file: {e}") from e
-    if not isinstance(data, dict):
-        raise InputError(f"{json_path} must contain a JSON object, not {type(data).__name__}.")
-    if "labels" not in data:
-        raise InputError(f"{json_path} has no 'labels' entry.")
+    data = read_labels_json(json_path)
     stuff_classes, ignore_value = parse_label_map(data["labels"], json_path)
 
     # nnU-Net v2 calls it channel_names; v1 / Decathlon files call it modality.
