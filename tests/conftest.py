@@ -70,6 +70,35 @@ def tiny_model(cfg=None, seed: int = 0):
     return build_model(cfg if cfg is not None else tiny_config())
 
 
+def tiny_checkpoint(folder: Path, num_classes: int = 8, seed: int = 0, description=None, **overrides):
+    """A config file and random-initialised weights of a tiny model in ``folder``, with no data set
+    (enough to exercise the tools' I/O and geometry): ``(config.yaml, random.pth)``. With a
+    :class:`~s2vnet.checkpoint.ModelDescription` the checkpoint describes its model."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from s2vnet.checkpoint import DESCRIPTION_KEY
+
+    cfg = tiny_config(num_classes=num_classes, **overrides)
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ()
+    cfg.DATASETS.ROOT = ""
+    config = folder / "config.yaml"
+    config.write_text(cfg.dump())
+    extra = {} if description is None else {DESCRIPTION_KEY: description.to_dict()}
+    DetectionCheckpointer(tiny_model(cfg, seed=seed), str(folder)).save("random", **extra)
+    return config, folder / "random.pth"
+
+
+def load_tool(name: str, module_name: str):
+    """``tools/<name>.py`` imported as a module, so that its main() runs in the test's process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def synthetic_clip(size: int = 64, seed: int = 0, num_slices: int = 3):
     """A clip with three 'organs' (labels 1-3) that move and change across slices, plus padding."""
     import torch

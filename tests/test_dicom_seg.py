@@ -1,7 +1,6 @@
 """DICOM in, DICOM out: predictions on a real CT DICOM series written as DICOM-SEG objects
 (s2vnet/data/dicom_seg.py, tools/predict.py --output-format dicom-seg), read back, compared with
 the NIfTI output voxel for voxel, checked against the source series and validated with dciodvfy."""
-import importlib.util
 import logging
 import os
 import shutil
@@ -57,31 +56,21 @@ def series_copy(series_folder, tmp_path) -> Path:
 def described_weights(tmp_path_factory):
     """A config and random weights of a tiny model that describes itself with WORD's classes;
     slices are resized to 64 pixels for speed (labels still come back on the 512 x 512 grid)."""
-    from detectron2.checkpoint import DetectionCheckpointer
+    from conftest import tiny_checkpoint
+    from s2vnet.checkpoint import ModelDescription
 
-    from conftest import tiny_config, tiny_model
-    from s2vnet.checkpoint import DESCRIPTION_KEY, ModelDescription
-
-    folder = tmp_path_factory.mktemp("described_weights")
-    cfg = tiny_config(num_classes=len(CLASS_NAMES))
-    cfg.DATASETS.TRAIN = ()
-    cfg.DATASETS.TEST = ()
-    cfg.DATASETS.ROOT = ""
-    cfg.TEST.INPUT_SIZE = 64
-    config = folder / "config.yaml"
-    config.write_text(cfg.dump())
     description = ModelDescription(CLASS_NAMES, len(CLASS_NAMES), "CT")
-    DetectionCheckpointer(tiny_model(cfg, seed=3), str(folder)).save("random", **{DESCRIPTION_KEY: description.to_dict()})
-    return config, folder / "random.pth"
+    return tiny_checkpoint(
+        tmp_path_factory.mktemp("described_weights"), len(CLASS_NAMES), seed=3, description=description, **{"TEST.INPUT_SIZE": 64}
+    )
 
 
 @pytest.fixture(scope="module")
 def predict_tool():
     """tools/predict.py as a module, so that its main() runs in this process."""
-    spec = importlib.util.spec_from_file_location("predict_tool_dicom_seg", REPO / "tools/predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from conftest import load_tool
+
+    return load_tool("predict", "predict_tool_dicom_seg")
 
 
 def _run(predict_tool, weights, *args) -> int:

@@ -214,18 +214,9 @@ def test_voxel_index_round_trip_on_a_non_ras_file(tmp_path):
 @pytest.fixture(scope="module")
 def random_weights(tmp_path_factory):
     """A config file and random-initialised weights (enough to exercise I/O and geometry)."""
-    from detectron2.checkpoint import DetectionCheckpointer
+    from conftest import tiny_checkpoint
 
-    folder = tmp_path_factory.mktemp("weights")
-    cfg = tiny_config(num_classes=8)
-    cfg.DATASETS.TRAIN = ()
-    cfg.DATASETS.TEST = ()
-    cfg.DATASETS.ROOT = ""
-    config = folder / "config.yaml"
-    config.write_text(cfg.dump())
-    model = tiny_model(cfg)
-    DetectionCheckpointer(model, str(folder)).save("random")
-    return config, folder / "random.pth"
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights"))
 
 
 def _predict(config, weights, *args):

@@ -234,30 +234,17 @@ def test_a_checkpoint_that_contradicts_the_config_is_an_input_error(described_mo
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     """A config file and random-initialised weights without a model description (8 classes)."""
-    from detectron2.checkpoint import DetectionCheckpointer
+    from conftest import tiny_checkpoint
 
-    from conftest import tiny_config, tiny_model
-
-    folder = tmp_path_factory.mktemp("tiny_weights")
-    cfg = tiny_config(num_classes=8)
-    cfg.DATASETS.TRAIN = ()
-    cfg.DATASETS.TEST = ()
-    cfg.DATASETS.ROOT = ""
-    config = folder / "config.yaml"
-    config.write_text(cfg.dump())
-    DetectionCheckpointer(tiny_model(cfg), str(folder)).save("random")
-    return config, folder / "random.pth"
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny_weights"))
 
 
 @pytest.fixture(scope="module")
 def predict_tool():
     """tools/predict.py as a module, so that its main() runs in this process (no start-up cost)."""
-    import importlib.util
+    from conftest import load_tool
 
-    spec = importlib.util.spec_from_file_location("predict_tool_reliability", REPO / "tools/predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("predict", "predict_tool_reliability")
 
 
 def _ct(path: Path, seed: int = 0, shape=(64, 64, 3)) -> Path:
