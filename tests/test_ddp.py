@@ -5,6 +5,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,12 @@ def _worker(rank: int, world_size: int, init_file: str, result_dir: str) -> None
     # Rank 0: no clicks and a clip without any foreground (no tracks at all);
     # rank 1: every present class clicked, several rounds.
     if rank == 0:
-        model.click_prob = 0.0
+        model.click_simulator.settings = replace(model.click_simulator.settings, click_prob=0.0)
         clip = synthetic_clip(seed=10)
         clip["sem_seg"][clip["sem_seg"] != 255] = 0
         clip["instances"] = [instances_from_sem_seg(s, 255) for s in clip["sem_seg"]]
     else:
-        model.click_prob = 1.0
-        model.train_max_rounds = 2
+        model.click_simulator.settings = replace(model.click_simulator.settings, click_prob=1.0, max_rounds=2)
         clip = synthetic_clip(seed=11)
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False, broadcast_buffers=False)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
