@@ -10,6 +10,7 @@ DATA_DIR = Path(__file__).parent / "data"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains a model for a while; runs in CI, skip locally with -m 'not slow'")
+    config.addinivalue_line("markers", "gpu: CUDA paths (tests/test_gpu.py); skip without CUDA, run by scripts/gpu_check.sh (docs/gpu.md)")
 
 
 @pytest.fixture(scope="session")

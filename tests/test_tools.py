@@ -116,6 +116,45 @@ def test_benchmark_smoke(tmp_path):
     assert report["results"]["data_pipeline"]["clip_load_ms_median"] > 0
 
 
+def test_the_nnunet_style_reference_runs_at_tiny_sizes(tmp_path, monkeypatch):
+    import torch
+
+    from s2vnet.benchmark import measurements
+
+    # nnU-Net's plan with a patch scaled down to twice what its strides divide by (32 x 64 x 64: a
+    # 2^3 bottleneck, the least instance norm takes), so that it runs in seconds, in this process.
+    assert measurements.NNUNET_PATCH_SIZE == (64, 192, 160)
+    monkeypatch.setattr(measurements, "NNUNET_PATCH_SIZE", (32, 64, 64))
+    cfg = tiny_config(num_classes=8)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.dump())
+    options = {"config_file": str(config), "opts": [], "device": "cpu", "threads": torch.get_num_threads(), "slice_batch": 4,
+               "warmup": 0, "repeats": 1, "slices": 8, "height": 64, "width": 64}
+    record = measurements.measure("dynunet", options)
+    assert record["median_s"] > 0 and record["peak_mb"] > 0 and record["volumes_per_minute"] > 0
+    assert record["patch_size"] == [32, 64, 64] and record["parameters_m"] > 1  # nnU-Net's 32-320 filters
+
+
+def test_the_benchmark_reports_ratios_to_both_3d_references(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO / "tools" / "benchmark.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    seconds = {"s2vnet": 2.0, "swin_unetr": 16.0, "dynunet": 8.0}
+    memory = {"s2vnet": 100.0, "swin_unetr": 400.0, "dynunet": 200.0}
+    monkeypatch.setattr(tool, "run_in_subprocess", lambda kind, options: {
+        "kind": kind, "slices": 8, "height": 64, "width": 64, "median_s": seconds[kind], "peak_mb": memory[kind],
+        "volumes_per_minute": 60.0 / seconds[kind], "seconds_per_slice": seconds[kind] / 8})
+    output = tmp_path / "bench.json"
+    assert tool.main(["--only", "s2vnet", "swin_unetr", "dynunet", "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert report["findings"]["speedup_vs_dynunet"] == pytest.approx(4.0)
+    assert report["findings"]["memory_saving_vs_dynunet_pct"] == pytest.approx(50.0)
+    assert report["findings"]["speedup_vs_swin_unetr"] == pytest.approx(8.0)
+    assert any(row.startswith("| dynunet |") for row in report["table"])
+
+
 def test_alternating_runs_flip_the_order_and_keep_each_functions_times(monkeypatch):
     import torch
 

@@ -10,6 +10,8 @@ On one synthetic CT phantom volume, same device and threads, each in its own pro
     baseline        the same weights with propagation and aggregation off (the paper's "Baseline");
                     propagation's overhead is timed alternately with and without it, in the same process
     swin_unetr      MONAI SwinUNETR (feature size 48), sliding window 96^3, overlap 0.5 (3D reference; --reference-repeats passes)
+    dynunet         nnU-Net's default 3D U-Net for abdominal CT (MONAI DynUNet, 3d_fullres plan), sliding window at its
+                    patch size 64 x 192 x 160, overlap 0.5, Gaussian weighting (what most users run instead; --reference-repeats)
     click_round     one interactive round (a click per organ) on a session with cached features;
                     its share of an automatic pass is timed alternately with one, in the same process
     encoder_*       backbone + pixel decoder over the volume, batched vs one slice at a time
@@ -37,7 +39,7 @@ from s2vnet.utils.logging import setup_cli_logging
 
 logger = logging.getLogger("s2vnet.benchmark")
 
-ALL = ("s2vnet", "baseline", "swin_unetr", "click_round", "encoder", "memory", "train_step", "profile", "data_pipeline")
+ALL = ("s2vnet", "baseline", "swin_unetr", "dynunet", "click_round", "encoder", "memory", "train_step", "profile", "data_pipeline")
 
 
 def parse_args(argv=None):
@@ -53,7 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--reference-repeats", type=int, default=1,
-        help="timed passes of the 3D reference, without warm-up (one pass is already 25 windows at 256 x 256; ~10 s each on 2 CPU cores)",
+        help="timed passes of each 3D reference (swin_unetr, dynunet), without warm-up "
+             "(one SwinUNETR pass is already 25 windows at 256 x 256; ~10 s each on 2 CPU cores)",
     )
     parser.add_argument("--memory-slices", type=int, nargs=2, default=(32, 128), metavar=("FEW", "MANY"))
     parser.add_argument("--train-size", type=int, default=256, help="crop size of the training-throughput step")
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
     for kind in selected:
         if kind == "encoder":
             plan += [("encoder_batched", "encoder_batched", base), ("encoder_single", "encoder_single", base)]
-        elif kind == "swin_unetr":
+        elif kind in ("swin_unetr", "dynunet"):
             plan.append((kind, kind, dict(base, warmup=0, repeats=args.reference_repeats)))
         elif kind == "memory":
             plan += [(f"memory_{n}", "s2vnet", dict(base, slices=n, repeats=1)) for n in args.memory_slices]
@@ -129,9 +132,10 @@ def main(argv=None) -> int:
     many, few = (f"memory_{n}" for n in reversed(args.memory_slices))
     if many in results and few in results:
         findings["memory_growth_pct"] = 100.0 * (results[many]["peak_mb"] / results[few]["peak_mb"] - 1.0)
-    if "swin_unetr" in results and reference:
-        findings["speedup_vs_swin_unetr"] = results["swin_unetr"]["median_s"] / reference
-        findings["memory_saving_vs_swin_unetr_pct"] = 100.0 * (1.0 - reference_memory / results["swin_unetr"]["peak_mb"])
+    for name in ("swin_unetr", "dynunet"):  # the 3D references
+        if name in results and reference:
+            findings[f"speedup_vs_{name}"] = results[name]["median_s"] / reference
+            findings[f"memory_saving_vs_{name}_pct"] = 100.0 * (1.0 - reference_memory / results[name]["peak_mb"])
     if "encoder_batched" in results and "encoder_single" in results:
         findings["batched_encoder_speedup"] = results["encoder_single"]["median_s"] / results["encoder_batched"]["median_s"]
     if "train_step" in results:

@@ -15,7 +15,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import replace
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -33,9 +33,24 @@ def _setup(options: Dict) -> Dict:
     torch.set_num_threads(options["threads"])
     overrides = list(options["opts"]) + ["MODEL.DEVICE", options["device"], "TEST.SLICE_BATCH_SIZE", str(options["slice_batch"])]
     cfg = load_config(options["config_file"], overrides)
-    phantom = generate_phantom(0, (options["slices"], options["height"], options["width"]))
-    volume = normalize_intensity(phantom.image.astype(np.float32), "CT")
-    return {"cfg": cfg, "volume": volume, "labels": phantom.labels, "device": torch.device(options["device"])}
+    if options.get("volume_file"):  # made once by write_volume_file for a series of measurements
+        with np.load(options["volume_file"]) as saved:
+            volume, labels = saved["volume"], saved["labels"]
+    else:
+        phantom = generate_phantom(0, (options["slices"], options["height"], options["width"]))
+        volume, labels = normalize_intensity(phantom.image.astype(np.float32), "CT"), phantom.labels
+    return {"cfg": cfg, "volume": volume, "labels": labels, "device": torch.device(options["device"])}
+
+
+def write_volume_file(path, slices: int, height: int, width: int) -> None:
+    """Write the phantom every measurement would make (seed 0, normalised) to ``path`` (.npz), so that
+    a series of measurements can load it (option ``volume_file``) instead of each generating it again:
+    a 200 x 512 x 512 phantom takes about 13 s to make on one CPU core, and a second to load."""
+    from s2vnet.data.intensity import normalize_intensity
+    from s2vnet.data.phantom import generate_phantom
+
+    phantom = generate_phantom(0, (slices, height, width))
+    np.savez(path, volume=normalize_intensity(phantom.image.astype(np.float32), "CT"), labels=phantom.labels)
 
 
 def _predictor(cfg, worst_case_tracks: bool):
@@ -78,14 +93,15 @@ def measure(kind: str, options: Dict) -> Dict:
         with torch.inference_mode():
             record.update(timed_runs(lambda: predictor.predict_automatic(volume), device, warmup, repeats))
         record["mean_live_tracks"] = float(np.mean(counter.counts)) if counter.counts else 0.0
-        if kind == "baseline":  # propagation's cost: passes with and without it, alternately, in this process
+        pairs = options.get("pairs", repeats)  # alternating pairs timed below (0: none)
+        if kind == "baseline" and pairs:  # propagation's cost: passes with and without it, alternately, in this process
             def automatic_pass(propagation: bool) -> None:
                 predictor.model.propagation = replace(predictor.model.propagation, enabled=propagation)
                 predictor.predict_automatic(volume)
 
             with torch.inference_mode():
                 record["paired_s2vnet_s"], record["paired_baseline_s"] = alternating_runs(
-                    lambda: automatic_pass(True), lambda: automatic_pass(False), device, repeats
+                    lambda: automatic_pass(True), lambda: automatic_pass(False), device, pairs
                 )
     elif kind == "click_round":
         from s2vnet.data.clicks import initial_clicks
@@ -107,7 +123,9 @@ def measure(kind: str, options: Dict) -> Dict:
         record["encoder_calls_during_rounds"] = predictor.encoder_calls - encoder_calls
         # The round's cost relative to an automatic pass, timed alternately in this process.
         with torch.inference_mode():
-            paired_round, paired_automatic = alternating_runs(one_round, lambda: predictor.predict_automatic(volume), device, repeats)
+            paired_round, paired_automatic = alternating_runs(
+                one_round, lambda: predictor.predict_automatic(volume), device, options.get("pairs", repeats)
+            )
         record["paired_round_s"], record["paired_automatic_s"] = paired_round, paired_automatic
     elif kind in ("encoder_batched", "encoder_single"):
         predictor = _predictor(cfg, worst_case_tracks=False)
@@ -123,6 +141,8 @@ def measure(kind: str, options: Dict) -> Dict:
         record["slice_batch_size"] = batch
     elif kind == "swin_unetr":
         record.update(_measure_swin_unetr(cfg, volume, device, options))
+    elif kind == "dynunet":
+        record.update(_measure_dynunet(cfg, volume, device, options))
     elif kind == "train_step":
         record.update(_measure_train_step(cfg, setup, options))
     elif kind == "profile":
@@ -139,21 +159,79 @@ def measure(kind: str, options: Dict) -> Dict:
 def _measure_swin_unetr(cfg, volume: np.ndarray, device: torch.device, options: Dict) -> Dict:
     """The paper's 3D counterpart: MONAI's SwinUNETR (feature size 48) with MONAI's sliding-window
     inference (96^3 windows, overlap 0.5), on the same volume."""
-    from monai.inferers import sliding_window_inference
     from monai.networks.nets import SwinUNETR
 
     torch.manual_seed(0)
     network = SwinUNETR(in_channels=1, out_channels=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, feature_size=48, spatial_dims=3).to(device).eval()
-    # MONAI's axis order is (D, H, W) = our (z, y, x); intensities scaled to [0, 1] as MONAI's CT recipes do.
-    tensor = torch.from_numpy(volume).float().div(255.0)[None, None].to(device)
+    # Intensities scaled to [0, 1] as MONAI's CT recipes do.
+    tensor = torch.from_numpy(volume).float().div(255.0)
+    return _time_sliding_window(network, tensor, (96, 96, 96), "constant", device, options, cfg.TEST.AMP_DTYPE)
+
+
+# nnU-Net's 3d_fullres plan for abdominal CT, the 3D U-Net most users would train instead. These are
+# the numbers nnU-Net v2's default planner (nnunetv2 2.8.1, ExperimentPlanner / nnUNetPlans, 8 GB
+# target) gives for a dataset of WORD-sized CTs: median 200 x 512 x 512 voxels at 3 x 0.78 x 0.78 mm
+# (z, y, x), 16 organs. We follow that plan rather than a rounder patch such as 96 x 160 x 160
+# because it is what `nnUNetv2_plan_and_preprocess` would configure for WORD: the planner gives the
+# same plan for WORD's own 0.98 mm in-plane spacing and for 2.5 mm slices.
+NNUNET_PATCH_SIZE = (64, 192, 160)
+NNUNET_KERNEL_SIZES = ((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3))
+NNUNET_STRIDES = ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))
+NNUNET_FILTERS = (32, 64, 128, 256, 320, 320)  # 32 doubled per stage, capped at 320
+
+
+def _measure_dynunet(cfg, volume: np.ndarray, device: torch.device, options: Dict) -> Dict:
+    """nnU-Net's default 3D U-Net (plain convolutions, instance norm, leaky ReLU) as MONAI's DynUNet,
+    with nnU-Net's inference: sliding windows at its patch size, 50 % overlap, Gaussian weighting.
+
+    Deep supervision is off (nnU-Net uses it only in training). Not timed: nnU-Net's resampling to
+    the plan's spacing (the volume is taken to be at it already) and its test-time mirroring, which
+    by default runs every window 8 times (all axis flips): this is a lower bound on nnU-Net's cost.
+    """
+    from monai.networks.nets import DynUNet
+
+    torch.manual_seed(0)
+    network = DynUNet(
+        spatial_dims=3, in_channels=1, out_channels=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        kernel_size=NNUNET_KERNEL_SIZES, strides=NNUNET_STRIDES, upsample_kernel_size=NNUNET_STRIDES[1:],
+        filters=NNUNET_FILTERS, norm_name=("INSTANCE", {"affine": True}),
+        act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), deep_supervision=False, res_block=False,
+    ).to(device).eval()
+    # nnU-Net z-scores CT intensities (its CTNormalization, with the dataset's foreground statistics).
+    tensor = torch.from_numpy(volume).float()
+    tensor = (tensor - tensor.mean()) / tensor.std().clamp_min(1e-6)
+    return _time_sliding_window(network, tensor, NNUNET_PATCH_SIZE, "gaussian", device, options, cfg.TEST.AMP_DTYPE)
+
+
+def _time_sliding_window(
+    network: torch.nn.Module, volume: torch.Tensor, patch_size, blend: str, device: torch.device, options: Dict, amp_dtype: str = "bfloat16"
+) -> Dict:
+    """Time MONAI's sliding-window inference of a 3D ``network`` (windows of ``patch_size``, overlap
+    0.5, ``blend`` "constant" or "gaussian") over ``volume`` and the argmax of its scores. Windows
+    run 4 to a batch on GPU, one at a time on CPU; on GPU in autocast to ``amp_dtype`` (TEST.AMP_DTYPE, as
+    S2VNet's passes; "float32": none). Option ``patch_size`` replaces the window (the GPU check's dry
+    run uses toy windows)."""
+    from monai.inferers import sliding_window_inference
+
+    patch_size = tuple(options.get("patch_size") or patch_size)
+    # MONAI's axis order is (D, H, W) = our (z, y, x).
+    tensor = volume[None, None].to(device)
     batch = 4 if device.type == "cuda" else 1
+    autocast_dtype = getattr(torch, amp_dtype) if device.type == "cuda" and amp_dtype != "float32" else None
+
+    def precision():
+        return torch.autocast("cuda", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
     def run():
-        with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()):
-            return sliding_window_inference(tensor, (96, 96, 96), batch, network, overlap=0.5).argmax(1)
+        with torch.inference_mode(), precision():
+            return sliding_window_inference(tensor, patch_size, batch, network, overlap=0.5, mode=blend).argmax(1)
 
+    if device.type == "cuda":  # kernels load and cuDNN picks its algorithms on first use: not in a timed pass
+        with torch.inference_mode(), precision():
+            network(torch.rand((batch, 1) + patch_size, device=device))
     result = timed_runs(run, device, options["warmup"], options["repeats"])
     result["parameters_m"] = sum(p.numel() for p in network.parameters()) / 1e6
+    result["patch_size"] = list(patch_size)
     return result
 
 
@@ -163,7 +241,7 @@ def _measure_train_step(cfg, setup: Dict, options: Dict) -> Dict:
 
     import s2vnet.modeling  # noqa: F401
     from s2vnet.data.clip_mapper import instances_from_sem_seg
-    from s2vnet.engine.trainer import build_optimizer
+    from s2vnet.engine.trainer import autocast_supported, build_optimizer
 
     size, batch = options["train_size"], options["train_batch"]
     torch.manual_seed(0)
@@ -179,13 +257,21 @@ def _measure_train_step(cfg, setup: Dict, options: Dict) -> Dict:
         label = torch.nn.functional.interpolate(torch.from_numpy(labels[start : start + 3]).float()[None], size=(size, size), mode="nearest")[0].long()
         clips.append({"image": image.round().to(torch.uint8), "sem_seg": label, "instances": [instances_from_sem_seg(s, 255) for s in label]})
 
+    # Mixed precision as S2VNetTrainer decides it (SOLVER.AMP.*): fp16 with a gradient scaler, bf16 without.
+    amp_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.SOLVER.AMP.DTYPE]
+    amp = cfg.SOLVER.AMP.ENABLED and autocast_supported(cfg.MODEL.DEVICE, amp_dtype)
+    scaler = torch.amp.GradScaler(setup["device"].type, enabled=amp and amp_dtype == torch.float16)
+
     def step():
-        losses = model(clips)
+        with torch.autocast(setup["device"].type, dtype=amp_dtype, enabled=amp):
+            losses = model(clips)
         optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     result = timed_runs(step, setup["device"], options["warmup"], options["repeats"])
+    result["amp_dtype"] = cfg.SOLVER.AMP.DTYPE if amp else "float32"
     result["clips_per_second"] = batch / result["median_s"]
     result["train_size"], result["train_batch"] = size, batch
     result["parameters_m"] = sum(p.numel() for p in model.parameters()) / 1e6
@@ -294,11 +380,12 @@ def _measure_into(connection, kind: str, options: Dict) -> None:
         connection.close()
 
 
-def run_in_subprocess(kind: str, options: Dict) -> Dict:
+def run_in_subprocess(kind: str, options: Dict, timeout_s: Optional[float] = None) -> Dict:
     """Run :func:`measure` in a fresh ``spawn`` process and return its record.
 
     A plain (non-daemonic) process rather than a pool worker: the data-pipeline measurement starts
-    prepare workers of its own, which a daemonic pool worker may not do.
+    prepare workers of its own, which a daemonic pool worker may not do. With ``timeout_s``, a
+    measurement still running after that many seconds is killed and :class:`TimeoutError` raised.
     """
     import multiprocessing
 
@@ -308,6 +395,10 @@ def run_in_subprocess(kind: str, options: Dict) -> Dict:
     process.start()
     sender.close()
     try:
+        if timeout_s is not None and not receiver.poll(timeout_s):  # poll is also True when it died
+            process.kill()
+            process.join()
+            raise TimeoutError(f"measurement {kind!r} overran its budget of {timeout_s:.0f} s and was stopped")
         status, payload = receiver.recv()
     except EOFError:  # it died without reporting (killed, out of memory)
         status, payload = "error", None

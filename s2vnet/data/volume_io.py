@@ -31,16 +31,20 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Tuple, Union
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
 from s2vnet.utils.atomic import atomic_path
 from s2vnet.utils.errors import InputError
+
+# SimpleITK (a 50 MB package) is imported in the functions that read or write a non-NIfTI format,
+# so that NIfTI-only installs can go without it (the GPU check's carried wheels, docs/gpu.md).
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 logger = logging.getLogger(__name__)
 
@@ -368,6 +372,8 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, VolumeGeometry]:
 
 def _itk_image_to_array(img: sitk.Image, path: Path, source_format: str) -> tuple[np.ndarray, VolumeGeometry]:
     """Convert a SimpleITK image to an ``(i, j, k)`` array and a RAS geometry."""
+    import SimpleITK as sitk
+
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{path}: {img.GetNumberOfComponentsPerPixel()} components per voxel (colour/vector image); "
@@ -402,6 +408,8 @@ def _itk_image_to_array(img: sitk.Image, path: Path, source_format: str) -> tupl
 
 
 def _load_itk_file(path: Path) -> tuple[np.ndarray, VolumeGeometry]:
+    import SimpleITK as sitk
+
     try:
         img = sitk.ReadImage(str(path))
     except _SITK_ERRORS as exc:
@@ -440,6 +448,8 @@ def _itk_warnings_off() -> Iterator[None]:
     Whatever matters is turned into an InputError by the caller; the raw warnings would only be
     noise on the console. The global flag is restored afterwards.
     """
+    import SimpleITK as sitk
+
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
@@ -475,6 +485,8 @@ def _check_dicom_slice_positions(reader: sitk.ImageSeriesReader, img: sitk.Image
 
 
 def _load_dicom_folder(folder: Path) -> tuple[np.ndarray, VolumeGeometry]:
+    import SimpleITK as sitk
+
     try:
         with _itk_warnings_off():
             series_ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
@@ -720,6 +732,8 @@ def _write_array(data_ijk: np.ndarray, geometry: VolumeGeometry, path: Path, suf
         if suffix in _NIFTI_SUFFIXES:
             nib.save(_nifti_image(data_ijk, geometry), str(tmp))
         else:
+            import SimpleITK as sitk
+
             image = sitk.GetImageFromArray(np.ascontiguousarray(data_ijk.transpose(2, 1, 0)))
             origin, spacing, direction = _itk_geometry(geometry)
             image.SetOrigin(origin)
